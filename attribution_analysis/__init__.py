@@ -1,0 +1,1 @@
+"""Explain neural news recommenders."""

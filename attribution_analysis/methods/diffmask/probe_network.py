@@ -1,0 +1,320 @@
+"""Probe networks that predict DIFFMASK gate locations ``log_alpha`` from hidden states.
+
+Two variants:
+
+* :class:`SimpleProbeNetwork` reads a single hidden state (e.g. the last layer's). Cheap, but it
+  sees every layer's computation, so it can explain with "hindsight".
+* :class:`ProbeNetwork` is the layer vote of DIFFMASK (De Cao et al., EMNLP 2020,
+  arXiv:2004.14992): probe ``k`` reads ``[h(0); h(k)]``, one Hard Concrete gate is sampled per
+  probe and the gates are multiplied, so a token is kept only if every probe keeps it. Their
+  ``log P(z != 0)`` values are summed (independent gates), so the keep probability of the product
+  is the product of the per-probe keep probabilities.
+
+Hidden states follow the Hugging Face convention of ``output_hidden_states=True``: index 0 is the
+embedding output and index ``k`` the output of transformer layer ``k``; each is
+``[batch, tokens, hidden_dim]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .stochastic_gates import StochasticGates
+
+__all__ = ["ProbeLayer", "ProbeNetwork", "ProbeOutput", "SimpleProbeNetwork"]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "tanh": nn.Tanh}
+
+
+@dataclass
+class ProbeOutput:
+    """Result of a probe network forward pass.
+
+    Attributes:
+        gates: ``[batch, tokens]`` gate values in ``[0, 1]`` (product over probes for the vote);
+            exactly 1 at padding.
+        log_prob_nonzero: ``[batch, tokens]`` ``log P(z != 0)`` of the (product) gate, i.e. the
+            sum over probes; exactly 0 at padding.
+        log_alpha: ``[batch, tokens]`` for a simple probe, ``[n_probes, batch, tokens]`` for the
+            layer vote.
+    """
+
+    gates: Tensor
+    log_prob_nonzero: Tensor
+    log_alpha: Tensor
+
+
+class ProbeLayer(nn.Module):
+    """Two-layer MLP mapping ``[batch, tokens, input_dim]`` to bounded logits ``[batch, tokens]``.
+
+    ``logit = tanh(mlp(x)) * logit_scale + bias`` with a learnable scalar ``bias`` initialised to
+    ``init_bias``. The last linear layer starts at zero, so the initial output is exactly
+    ``init_bias`` (with the default 5.0 every gate starts open, ``P(z != 0) ~ 0.99``), and the
+    logits always stay within ``bias +/- logit_scale``.
+
+    Args:
+        input_dim: feature size of the input.
+        hidden_dim: MLP width; default ``max(input_dim // 2, 16)``.
+        init_bias: initial value of the output bias.
+        logit_scale: bound on ``|logit - bias|``.
+        activation: ``"gelu"`` or ``"tanh"``.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dim: int | None = None,
+        init_bias: float = 5.0,
+        logit_scale: float = 10.0,
+        activation: str = "gelu",
+    ) -> None:
+        super().__init__()
+        if input_dim <= 0:
+            raise ValueError(f"input_dim must be positive, got {input_dim}")
+        if logit_scale <= 0:
+            raise ValueError(f"logit_scale must be positive, got {logit_scale}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"
+            )
+        hidden_dim = max(input_dim // 2, 16) if hidden_dim is None else hidden_dim
+        if hidden_dim <= 0:
+            raise ValueError(f"hidden_dim must be positive, got {hidden_dim}")
+        self.input_dim = input_dim
+        self.logit_scale = float(logit_scale)
+        self.mlp = nn.Sequential(
+            nn.Linear(input_dim, hidden_dim),
+            _ACTIVATIONS[activation](),
+            nn.Linear(hidden_dim, 1),
+        )
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+        self.bias = nn.Parameter(torch.tensor(float(init_bias)))
+
+    def extra_repr(self) -> str:
+        return f"logit_scale={self.logit_scale:.4g}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[batch, tokens, input_dim]`` -> logits ``log_alpha`` ``[batch, tokens]``."""
+        if x.shape[-1] != self.input_dim:
+            raise ValueError(f"ProbeLayer expects last dim {self.input_dim}, got {tuple(x.shape)}")
+        raw = self.mlp(x).squeeze(-1)
+        return torch.tanh(raw) * self.logit_scale + self.bias
+
+
+def _keep_probability(log_prob_nonzero: Tensor, mask: Tensor) -> Tensor:
+    """``exp(log_prob_nonzero)`` ``[batch, tokens]`` with exact zeros where ``mask`` is False."""
+    keep = mask.to(device=log_prob_nonzero.device, dtype=torch.bool)
+    return torch.where(keep, log_prob_nonzero.exp(), torch.zeros_like(log_prob_nonzero))
+
+
+def _check_hidden(state: Tensor, hidden_dim: int, index: int) -> None:
+    """Raise a ValueError unless ``state`` is ``[batch, tokens, hidden_dim]``."""
+    if state.dim() != 3 or state.shape[-1] != hidden_dim:
+        raise ValueError(
+            f"hidden_states[{index}] must be [batch, tokens, {hidden_dim}], "
+            f"got {tuple(state.shape)}"
+        )
+
+
+class SimpleProbeNetwork(nn.Module):
+    """Predict ``log_alpha`` from one hidden state ``hidden_states[layer]``.
+
+    Args:
+        hidden_dim: size of the hidden states.
+        layer: index into ``hidden_states`` (default -1, the last layer).
+        gates: default :class:`StochasticGates` used when ``forward`` gets none; its temperature
+            and limits also define :meth:`keep_probability`.
+        **probe_kwargs: passed to :class:`ProbeLayer`.
+    """
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        layer: int = -1,
+        *,
+        gates: StochasticGates | None = None,
+        **probe_kwargs,
+    ) -> None:
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.layer = layer
+        self.gates = gates if gates is not None else StochasticGates()
+        self.probe = ProbeLayer(hidden_dim, **probe_kwargs)
+
+    def extra_repr(self) -> str:
+        return f"hidden_dim={self.hidden_dim}, layer={self.layer}"
+
+    def log_alpha(self, hidden_states: Sequence[Tensor]) -> Tensor:
+        """Gate locations ``[batch, tokens]`` from ``hidden_states[layer]``."""
+        n = len(hidden_states)
+        if not -n <= self.layer < n:
+            raise ValueError(
+                f"SimpleProbeNetwork reads hidden_states[{self.layer}] but only {n} were given"
+            )
+        state = hidden_states[self.layer]
+        _check_hidden(state, self.hidden_dim, self.layer)
+        return self.probe(state)
+
+    def forward(
+        self,
+        hidden_states: Sequence[Tensor],
+        mask: Tensor,
+        gates: StochasticGates | None = None,
+        generator: torch.Generator | None = None,
+    ) -> ProbeOutput:
+        """Gates for each token.
+
+        Args:
+            hidden_states: sequence of ``[batch, tokens, hidden_dim]`` tensors.
+            mask: ``[batch, tokens]``, True at real tokens, False at padding.
+            gates: gate module (sampling in train mode, deterministic in eval mode); defaults to
+                the network's own ``gates``.
+            generator: optional random generator for sampling.
+
+        Returns:
+            :class:`ProbeOutput` with ``gates`` and ``log_prob_nonzero`` ``[batch, tokens]``
+            (1 and 0 at padding) and ``log_alpha`` ``[batch, tokens]``.
+        """
+        gate_module = gates if gates is not None else self.gates
+        log_alpha = self.log_alpha(hidden_states)
+        values, log_prob = gate_module(log_alpha, mask, generator=generator)
+        return ProbeOutput(gates=values, log_prob_nonzero=log_prob, log_alpha=log_alpha)
+
+    def keep_probability(
+        self,
+        hidden_states: Sequence[Tensor],
+        mask: Tensor,
+        gates: StochasticGates | None = None,
+    ) -> Tensor:
+        """Closed-form ``P(z != 0)`` ``[batch, tokens]``, exactly 0 at padding."""
+        gate_module = gates if gates is not None else self.gates
+        log_prob = gate_module.log_prob_nonzero(self.log_alpha(hidden_states), mask)
+        return _keep_probability(log_prob, mask)
+
+
+class ProbeNetwork(nn.Module):
+    """DIFFMASK layer vote over ``num_probe_layers`` probes.
+
+    Probe ``k`` (``k = 0 .. num_probe_layers - 1``) reads ``concat[h(0); h(k)]``
+    (``[batch, tokens, 2 * hidden_dim]``), where ``h(0) = hidden_states[0]`` is the embedding output
+    and ``h(k) = hidden_states[k]``. No probe reads a layer above ``num_probe_layers - 1``: when
+    masking the input, probes ``0..L-1`` read layers up to ``L-1`` only. For hidden-state
+    masking at layer ``l``, pass ``max_layer=l`` so that only probes ``0..l`` (reading layers
+    ``<= l``) vote.
+
+    Args:
+        hidden_dim: size of each hidden state.
+        num_probe_layers: number of probes (and of hidden states needed, embeddings included).
+        gates: default :class:`StochasticGates` used when ``forward`` gets none; its temperature
+            and limits also define :meth:`keep_probability`.
+        **probe_kwargs: passed to each :class:`ProbeLayer`.
+    """
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        num_probe_layers: int,
+        *,
+        gates: StochasticGates | None = None,
+        **probe_kwargs,
+    ) -> None:
+        super().__init__()
+        if num_probe_layers < 1:
+            raise ValueError(f"num_probe_layers must be >= 1, got {num_probe_layers}")
+        self.hidden_dim = hidden_dim
+        self.num_probe_layers = num_probe_layers
+        self.gates = gates if gates is not None else StochasticGates()
+        self.probes = nn.ModuleList(
+            ProbeLayer(2 * hidden_dim, **probe_kwargs) for _ in range(num_probe_layers)
+        )
+
+    def extra_repr(self) -> str:
+        return f"hidden_dim={self.hidden_dim}, num_probe_layers={self.num_probe_layers}"
+
+    def _num_probes(self, max_layer: int | None) -> int:
+        """Number of voting probes: all of them, or ``0..max_layer``."""
+        if max_layer is None:
+            return self.num_probe_layers
+        if not 0 <= max_layer < self.num_probe_layers:
+            raise ValueError(
+                f"max_layer must be in [0, {self.num_probe_layers - 1}], got {max_layer}"
+            )
+        return max_layer + 1
+
+    def log_alpha(self, hidden_states: Sequence[Tensor], max_layer: int | None = None) -> Tensor:
+        """Per-probe gate locations ``[n_probes, batch, tokens]``.
+
+        Raises:
+            ValueError: if fewer than ``n_probes`` hidden states are given or shapes are wrong.
+        """
+        n_probes = self._num_probes(max_layer)
+        if len(hidden_states) < n_probes:
+            raise ValueError(
+                f"ProbeNetwork needs hidden states 0..{n_probes - 1} ({n_probes} tensors, "
+                f"index 0 = embeddings) but got {len(hidden_states)}"
+            )
+        embeddings = hidden_states[0]
+        _check_hidden(embeddings, self.hidden_dim, 0)
+        logits = []
+        for k in range(n_probes):
+            _check_hidden(hidden_states[k], self.hidden_dim, k)
+            features = torch.cat([embeddings, hidden_states[k]], dim=-1)
+            logits.append(self.probes[k](features))
+        return torch.stack(logits, dim=0)
+
+    def forward(
+        self,
+        hidden_states: Sequence[Tensor],
+        mask: Tensor,
+        gates: StochasticGates | None = None,
+        max_layer: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> ProbeOutput:
+        """Product of per-probe gates and sum of per-probe ``log P(z != 0)``.
+
+        Each probe's gate is drawn separately (training mode) or taken deterministically (eval
+        mode) and the gate values are multiplied; probabilities are never multiplied in place
+        of gates.
+
+        Args:
+            hidden_states: sequence of ``[batch, tokens, hidden_dim]``, index 0 = embeddings;
+                at least ``n_probes`` of them.
+            mask: ``[batch, tokens]``, True at real tokens, False at padding.
+            gates: gate module; defaults to the network's own ``gates``.
+            max_layer: if given, only probes ``0..max_layer`` vote.
+            generator: optional random generator; probes are sampled in order ``0, 1, ...``.
+
+        Returns:
+            :class:`ProbeOutput` with ``gates`` and ``log_prob_nonzero`` ``[batch, tokens]``
+            (1 and 0 at padding) and ``log_alpha`` ``[n_probes, batch, tokens]``.
+        """
+        gate_module = gates if gates is not None else self.gates
+        log_alpha = self.log_alpha(hidden_states, max_layer)
+        product: Tensor | None = None
+        log_prob_sum: Tensor | None = None
+        for probe_log_alpha in log_alpha.unbind(0):
+            values, log_prob = gate_module(probe_log_alpha, mask, generator=generator)
+            product = values if product is None else product * values
+            log_prob_sum = log_prob if log_prob_sum is None else log_prob_sum + log_prob
+        return ProbeOutput(gates=product, log_prob_nonzero=log_prob_sum, log_alpha=log_alpha)
+
+    def keep_probability(
+        self,
+        hidden_states: Sequence[Tensor],
+        mask: Tensor,
+        gates: StochasticGates | None = None,
+        max_layer: int | None = None,
+    ) -> Tensor:
+        """Closed-form keep probability of the product gate ``[batch, tokens]``, 0 at padding.
+
+        Equals the product over voting probes of ``P(z_k != 0)``.
+        """
+        gate_module = gates if gates is not None else self.gates
+        log_alpha = self.log_alpha(hidden_states, max_layer)
+        log_prob = gate_module.log_prob_nonzero(log_alpha, mask).sum(dim=0)
+        return _keep_probability(log_prob, mask)

@@ -1,0 +1,76 @@
+"""Batched inference with a trained recommender: every news item is encoded once per evaluation
+and its vector reused across all impressions that show it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from attribution_analysis.data.datasets import ImpressionSet, collate_impressions
+from attribution_analysis.data.mind import Impression
+from attribution_analysis.data.tokenization import TokenTable
+from attribution_analysis.models.nrms import NRMS
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def encode_news_table(
+    model: NRMS, table: TokenTable, batch_size: int = 256, quiet: bool = True
+) -> torch.Tensor:
+    """News vectors of every row of ``table``: ``[num_rows, dim]`` (on the model's device)."""
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    out = []
+    starts = range(0, len(table), batch_size)
+    for start in tqdm(starts, desc="encode news", disable=quiet, leave=False):
+        rows = torch.arange(start, min(start + batch_size, len(table)))
+        ids, mask = table.rows(rows)
+        out.append(model.news_encoder(ids.to(device), mask.to(device)).vectors.float())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def user_vectors(
+    model: NRMS, news_vectors: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor
+) -> torch.Tensor:
+    """User vectors ``[batch, dim]`` from history rows ``[batch, history]`` and their mask."""
+    device = news_vectors.device
+    return model.user_vector(news_vectors[history.to(device)], history_mask.to(device))
+
+
+@torch.no_grad()
+def score_impressions(
+    model: NRMS,
+    impressions: Sequence[Impression],
+    table: TokenTable,
+    max_history: int = 50,
+    batch_size: int = 256,
+    news_vectors: torch.Tensor | None = None,
+    quiet: bool = True,
+) -> list[np.ndarray]:
+    """Click scores of every candidate of every impression (in the impression's order)."""
+    model.eval()
+    if news_vectors is None:
+        news_vectors = encode_news_table(model, table, batch_size, quiet)
+    loader = DataLoader(
+        ImpressionSet(impressions, table, max_history),
+        batch_size=batch_size,
+        collate_fn=collate_impressions,
+    )
+    scores: list[np.ndarray] = []
+    for batch in tqdm(loader, desc="score", disable=quiet, leave=False):
+        user = user_vectors(model, news_vectors, batch["history"], batch["history_mask"])
+        cand = news_vectors[batch["candidates"].to(news_vectors.device)]
+        s = model.score(user, cand).cpu().numpy()
+        n = batch["candidate_mask"].sum(-1).tolist()
+        scores.extend(s[i, : n[i]].astype(np.float64) for i in range(len(n)))
+    return scores

@@ -1,0 +1,1 @@
+"""reporting layer of attribution_analysis."""

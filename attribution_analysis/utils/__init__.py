@@ -1,0 +1,1 @@
+"""utils layer of attribution_analysis."""
