@@ -124,8 +124,8 @@ class DiffMaskConfig:
     warmup_steps: int = 0
     grad_clip: float = 1.0
     target_within_margin: float = 0.9
-    train_impressions: int | None = 2000
-    val_impressions: int | None = 300
+    train_examples: int = 2000
+    val_examples: int = 300
 
 
 @dataclass

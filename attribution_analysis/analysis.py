@@ -1,0 +1,297 @@
+"""The DIFFMASK analysis run behind ``analyze_diffmask``: train (or load) DIFFMASK, explain the
+held-out examples, evaluate, and write the run folder and its report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from attribution_analysis.config import AttributionConfig, resolve_path, to_dict
+from attribution_analysis.evaluation.plausibility import plausibility_metrics
+from attribution_analysis.methods.diffmask import DIFFMASK
+from attribution_analysis.methods.diffmask.train_diffmask import (
+    default_run_dir,
+    extract_attributions_diffmask,
+    load_diffmask_checkpoint,
+    train_diffmask,
+    validate,
+)
+from attribution_analysis.methods.result import AttributionResult
+from attribution_analysis.pipeline import (
+    Workspace,
+    gold_token_labels,
+    open_workspace,
+    split_examples,
+)
+from attribution_analysis.reporting.html_report import write_report
+from attribution_analysis.reporting.plots import plot_training_history
+from attribution_analysis.utils.devices import seed_everything
+from attribution_analysis.utils.io import atomic_write_json, atomic_write_text
+
+HISTORY_SHOWN = 5
+KEEP_THRESHOLD = 0.5
+
+
+@dataclass
+class AnalysisResult:
+    """What a run produced (paths and the summary)."""
+
+    run_dir: Path
+    summary: dict
+    records: list[dict] = field(default_factory=list)
+    comparison: list[dict] | None = None
+
+
+def _csv_text(rows: list[dict], columns: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _record(ws: Workspace, result: AttributionResult, histories: dict[str, tuple]) -> dict:
+    """One JSONL row: ids, title, tokens, scores, outputs, gold words and recent history."""
+    ids = result.ids
+    imp_history = histories.get(ids.get("impression_id"), ())
+    return {
+        "impression_id": ids.get("impression_id"),
+        "user_id": ids.get("user_id"),
+        "news_id": ids.get("news_id"),
+        "label": ids.get("label"),
+        "title": ws.title(ids["news_id"]),
+        "tokens": result.tokens,
+        "token_scores": result.token_scores,
+        "words": result.words,
+        "word_scores": result.word_scores,
+        "original_prob": result.original_output,
+        "masked_prob": result.masked_output,
+        "divergence": result.divergence,
+        "gold_words": ws.data.rationales.get(ids.get("news_id")),
+        "history_titles": [ws.title(n) for n in reversed(imp_history[-HISTORY_SHOWN:])],
+        "method": result.method,
+    }
+
+
+def top_words_per_sample(records: list[dict], k: int) -> list[dict]:
+    rows = []
+    for r in records:
+        order = sorted(range(len(r["words"])), key=lambda j: -r["word_scores"][j])[:k]
+        for rank, j in enumerate(order, start=1):
+            rows.append(
+                {
+                    "impression_id": r["impression_id"],
+                    "news_id": r["news_id"],
+                    "rank": rank,
+                    "word": r["words"][j],
+                    "score": r["word_scores"][j],
+                }
+            )
+    return rows
+
+
+def top_words_overall(records: list[dict], k: int, min_count: int = 2) -> list[dict]:
+    """Words ranked by mean attribution (seen at least ``min_count`` times when possible), with
+    how often they were kept (score >= 0.5) and counted."""
+    scores: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        for word, score in zip(r["words"], r["word_scores"]):
+            scores[word.lower()].append(score)
+    rows = [
+        {
+            "word": w,
+            "mean_score": sum(v) / len(v),
+            "kept_share": sum(s >= KEEP_THRESHOLD for s in v) / len(v),
+            "kept_count": sum(s >= KEEP_THRESHOLD for s in v),
+            "count": len(v),
+        }
+        for w, v in scores.items()
+    ]
+    frequent = [r for r in rows if r["count"] >= min_count]
+    rows = frequent if len(frequent) >= k else rows
+    rows.sort(key=lambda r: (-r["mean_score"], -r["count"], r["word"]))
+    return rows[:k]
+
+
+def _scorable_scores(result: AttributionResult) -> list[float]:
+    return [result.token_scores[i] for idx in result.word_token_index for i in idx]
+
+
+def evaluate_records(results: list[AttributionResult], records: list[dict], margin: float) -> dict:
+    """Constraint satisfaction, sparsity and (when gold rationales exist) plausibility."""
+    n = len(results)
+    if n == 0:
+        return {"n_samples": 0}
+    within = [r.divergence <= margin for r in results]
+    agree = [
+        (r.original_output > 0.5) == (r.masked_output > 0.5) for r in results
+    ]  # same click decision
+    kept = [s for r in results for s in _scorable_scores(r)]
+    summary = {
+        "n_samples": n,
+        "within_margin_share": sum(within) / n,
+        "agreement_share": sum(agree) / n,
+        "satisfied_share": sum(w and a for w, a in zip(within, agree)) / n,
+        "mean_divergence": sum(r.divergence for r in results) / n,
+        "kept_share": sum(kept) / max(len(kept), 1),
+        "kept_share_thresholded": sum(s >= KEEP_THRESHOLD for s in kept) / max(len(kept), 1),
+    }
+    gold, scores = [], []
+    for res, rec in zip(results, records):
+        labels = gold_token_labels(
+            res.words, res.word_token_index, len(res.tokens), rec["gold_words"]
+        )
+        if labels is None:
+            continue
+        positions = [i for idx in res.word_token_index for i in idx]
+        gold.append([labels[i] for i in positions])
+        scores.append([res.token_scores[i] for i in positions])
+    if gold:
+        plaus = plausibility_metrics(gold, scores)
+        summary.update({k: v for k, v in plaus.items() if k != "per_example"})
+    return summary
+
+
+def train_for_workspace(
+    ws: Workspace, run_dir: Path, quiet: bool = False, diffmask: DIFFMASK | None = None
+) -> DIFFMASK:
+    """Train a DIFFMASK (a fresh one unless given) on the workspace's example split."""
+    diffmask = diffmask or ws.build_diffmask()
+    train_ex, val_ex, _ = split_examples(ws)
+    history = _train(ws, diffmask, run_dir, train_ex, val_ex, quiet)
+    _write_history(history, run_dir)
+    return diffmask
+
+
+def _train(ws: Workspace, diffmask: DIFFMASK, run_dir: Path, train_ex, val_ex, quiet: bool):
+    d, cfg = ws.config.diffmask, ws.config
+    torch.manual_seed(cfg.seed)
+    return train_diffmask(
+        diffmask,
+        ws.loader(train_ex, shuffle=True),
+        n_epochs=d.n_epochs,
+        lr_probe=d.lr_probe,
+        lr_baseline=d.lr_baseline,
+        lr_lambda=d.lr_lambda,
+        device=cfg.device,
+        val_loader=ws.loader(val_ex),
+        output_dir=run_dir,
+        warmup_steps=d.warmup_steps,
+        grad_clip=d.grad_clip,
+        target_within_margin=d.target_within_margin,
+        seed=cfg.seed,
+        mixed_precision=cfg.mixed_precision,
+        quiet=quiet,
+    )
+
+
+def _write_history(history, run_dir: Path) -> dict[str, Path]:
+    rows = history.epochs
+    if not rows:
+        return {}
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    atomic_write_text(run_dir / "training_history.csv", _csv_text(rows, columns))
+    step_cols = list(dict.fromkeys(k for r in history.steps for k in r))
+    atomic_write_text(run_dir / "training_steps.csv", _csv_text(history.steps, step_cols))
+    return plot_training_history(rows, run_dir / "plots")
+
+
+def run_analysis(
+    config: AttributionConfig,
+    checkpoint: str | None = None,
+    skip_training: bool = False,
+    run_dir: str | Path | None = None,
+    quiet: bool = False,
+    comparison: list[dict] | None = None,
+) -> AnalysisResult:
+    """The whole analysis; returns the run folder and summary."""
+    seed_everything(config.seed)
+    run_dir = Path(run_dir) if run_dir else default_run_dir(resolve_path(config.output_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+    ws = open_workspace(config, quiet)
+    train_ex, val_ex, test_ex = split_examples(ws)
+    if checkpoint:
+        diffmask = load_diffmask_checkpoint(checkpoint, ws.model)
+        if not quiet:
+            print(f"[diffmask] loaded {checkpoint}")
+    else:
+        diffmask = ws.build_diffmask()
+    plots: dict[str, Path] = {}
+    if not skip_training:
+        history = _train(ws, diffmask, run_dir, train_ex, val_ex, quiet)
+        plots = _write_history(history, run_dir)
+    val = validate(diffmask, ws.loader(val_ex), next(diffmask.parameters()).device)
+    results = extract_attributions_diffmask(
+        diffmask,
+        ws.loader(test_ex),
+        config.n_samples,
+        device=str(next(diffmask.parameters()).device),
+        tokenizer=ws.tokenizer,
+        quiet=quiet,
+    )
+    histories = {imp.impression_id: imp.history for imp in ws.data.split(config.split)}
+    records = [_record(ws, r, histories) for r in results]
+    atomic_write_text(
+        run_dir / "attributions.jsonl",
+        "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records),
+    )
+    per_sample = top_words_per_sample(records, config.top_k)
+    atomic_write_text(
+        run_dir / "top_words_per_sample.csv",
+        _csv_text(per_sample, ["impression_id", "news_id", "rank", "word", "score"]),
+    )
+    overall = top_words_overall(records, config.top_k)
+    atomic_write_text(
+        run_dir / "top_words.csv",
+        _csv_text(overall, ["word", "mean_score", "kept_share", "kept_count", "count"]),
+    )
+    summary = {
+        "test": evaluate_records(results, records, diffmask.margin),
+        "validation": val,
+        "settings": diffmask.settings,
+        "lambda": diffmask.lagrange_multiplier.item(),
+        "checkpoint": checkpoint,
+        "run_dir": str(run_dir),
+    }
+    atomic_write_json(run_dir / "summary.json", _finite_json(summary))
+    write_report(
+        run_dir / "report.html",
+        title="DIFFMASK word attributions",
+        settings={**diffmask.settings, "n_samples": config.n_samples, "seed": config.seed},
+        summary=summary["test"],
+        samples=records,
+        top_words=overall,
+        training_plots=plots,
+        comparison=comparison,
+    )
+    _print_summary(run_dir, summary["test"], overall)
+    return AnalysisResult(run_dir, summary, records, comparison)
+
+
+def _finite_json(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_json(v) for v in obj]
+    return obj
+
+
+def _print_summary(run_dir: Path, test: dict, overall: list[dict]) -> None:
+    keys = ("within_margin_share", "satisfied_share", "kept_share", "auprc", "token_f1")
+    print("[result] " + "  ".join(f"{k}={test[k]:.3f}" for k in keys if k in test))
+    print(
+        "[result] top words: " + ", ".join(f"{r['word']} ({r['mean_score']:.2f})" for r in overall)
+    )
+    print(f"[result] run folder: {run_dir}")
+    print(f"[result] report: {run_dir / 'report.html'}")

@@ -1,0 +1,211 @@
+"""Evaluate several attribution methods on the same examples: faithfulness (on token ids, with a
+recorded removal operation), plausibility against gold rationales, sparsity, runtime and IG's
+completeness error; tables carry bootstrap 95% confidence intervals over examples."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.stats import kendalltau
+
+from attribution_analysis.evaluation.faithfulness import (
+    ERASER_FRACTIONS,
+    comprehensiveness_sufficiency,
+    deletion_insertion_curves,
+    leave_one_out_effects,
+    sparsity_metrics,
+)
+from attribution_analysis.evaluation.plausibility import auprc, topk_precision_recall_f1
+from attribution_analysis.evaluation.removal import make_predict
+from attribution_analysis.evaluation.statistics import METRICS, bootstrap_ci
+from attribution_analysis.methods.base import AttributionMethod
+
+CURVE_GRID = np.linspace(0.0, 1.0, 11)
+TABLE_METRICS = (
+    "comprehensiveness_aopc",
+    "sufficiency_aopc",
+    "deletion_auc",
+    "insertion_auc",
+    "loo_kendall",
+    "auprc",
+    "token_f1",
+    "gini",
+    "seconds_per_example",
+    "completeness_error",
+)
+
+
+@dataclass
+class MethodEvaluation:
+    """Per-example metric values and mean deletion/insertion curves of one method."""
+
+    name: str
+    values: dict[str, list[float]] = field(default_factory=dict)
+    deletion: list[np.ndarray] = field(default_factory=list)
+    insertion: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, key: str, value: float) -> None:
+        self.values.setdefault(key, []).append(float(value))
+
+
+def _kendall(scores: np.ndarray, effects: np.ndarray) -> float:
+    if len(scores) < 2 or np.all(scores == scores[0]) or np.all(effects == effects[0]):
+        return math.nan
+    return float(kendalltau(scores, effects)[0])
+
+
+def _on_grid(x: list[float], y: list[float]) -> np.ndarray:
+    return np.interp(CURVE_GRID, np.asarray(x, float), np.asarray(y, float))
+
+
+def _example_metrics(ev: MethodEvaluation, predict, scores, scorable, effects, gold) -> None:
+    cs = comprehensiveness_sufficiency(predict, scores, scorable, ERASER_FRACTIONS)
+    ev.add("comprehensiveness_aopc", cs["comprehensiveness_aopc"])
+    ev.add("sufficiency_aopc", cs["sufficiency_aopc"])
+    curves = deletion_insertion_curves(predict, scores, scorable)
+    ev.add("deletion_auc", curves["deletion_auc"])
+    ev.add("insertion_auc", curves["insertion_auc"])
+    ev.deletion.append(_on_grid(curves["x"], curves["deletion"]))
+    ev.insertion.append(_on_grid(curves["x"], curves["insertion"]))
+    ev.add("loo_kendall", _kendall(scores[scorable].numpy(), effects))
+    ev.add("gini", sparsity_metrics(scores, scorable)["gini"])
+    if gold is not None:
+        g = np.asarray(gold)[scorable.numpy()]
+        s = scores[scorable].numpy()
+        ev.add("auprc", auprc(g, s))
+        ev.add("token_f1", topk_precision_recall_f1(g, s).f1 if g.sum() else math.nan)
+
+
+def evaluate_methods(
+    methods: dict[str, AttributionMethod],
+    batches: Iterable[dict],
+    gold_for: callable,
+    removal: str = "mask",
+    mask_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    baseline_embedding: torch.Tensor | None = None,
+    device: str | torch.device = "cpu",
+    quiet: bool = True,
+) -> dict[str, MethodEvaluation]:
+    """Run every method on every batch and compute per-example metrics.
+
+    ``gold_for(meta, input_ids [tokens]) -> list[int] | None`` gives 0/1 gold labels per token.
+    Leave-one-out effects (for Kendall tau) are computed once per example and shared.
+    """
+    from tqdm.auto import tqdm
+
+    from attribution_analysis.methods.diffmask.train_diffmask import split_batch
+
+    evals = {name: MethodEvaluation(name) for name in methods}
+    adapter = next(iter(methods.values())).adapter
+    for batch in tqdm(list(batches), desc="compare", disable=quiet):
+        ids, mask, ctx, meta = split_batch(batch, device)
+        ctx = adapter.prepare_context(ctx)
+        scores = {}
+        for name, method in methods.items():
+            t0 = time.perf_counter()
+            scores[name] = method.attribute(ids, mask, ctx).detach().float().cpu()
+            per_example = (time.perf_counter() - t0) / len(ids)
+            extra = method.extra_outputs()
+            for i in range(len(ids)):
+                evals[name].add("seconds_per_example", per_example)
+                if "completeness_error" in extra:
+                    evals[name].add("completeness_error", extra["completeness_error"][i])
+        scorable_all = next(iter(methods.values())).scorable(ids, mask).cpu()
+        for i in range(len(ids)):
+            n = int(mask[i].sum())
+            one_ctx = {k: v[i : i + 1] for k, v in ctx.items()}
+            predict = make_predict(
+                adapter,
+                ids[i, :n],
+                mask[i, :n],
+                one_ctx,
+                removal,
+                mask_token_id=mask_token_id,
+                pad_token_id=pad_token_id,
+                baseline_embedding=baseline_embedding,
+            )
+            scorable = scorable_all[i, :n]
+            effects = leave_one_out_effects(predict, scorable).numpy()
+            gold = gold_for(meta[i] if meta else None, ids[i, :n].cpu())
+            for name in methods:
+                _example_metrics(evals[name], predict, scores[name][i, :n], scorable, effects, gold)
+    return evals
+
+
+def _cell(values: list[float], seed: int) -> tuple[float, float, float]:
+    return bootstrap_ci(np.asarray(values, float), n_boot=1000, seed=seed)
+
+
+def comparison_table(evals: dict[str, MethodEvaluation], seed: int = 0) -> list[dict]:
+    """One row per method: ``metric`` = mean, ``metric_low``/``metric_high`` = 95% CI; IG's
+    completeness error as a median."""
+    rows = []
+    for name, ev in evals.items():
+        row: dict = {"method": name, "n_examples": len(ev.values.get("gini", []))}
+        for metric in TABLE_METRICS:
+            values = ev.values.get(metric)
+            if not values:
+                continue
+            mean, low, high = _cell(values, seed)
+            row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = mean, low, high
+            if metric == "completeness_error":
+                row["completeness_error_median"] = float(np.nanmedian(values))
+        rows.append(row)
+    return rows
+
+
+def _fmt(row: dict, metric: str) -> str:
+    if metric not in row or row[metric] is None or not math.isfinite(row[metric]):
+        return "—"
+    if metric == "seconds_per_example":
+        return f"{row[metric]:.4f}"
+    return f"{row[metric]:.3f} [{row[metric + '_low']:.3f}, {row[metric + '_high']:.3f}]"
+
+
+def display_rows(rows: list[dict]) -> list[dict]:
+    """Rows for people: ``mean [low, high]`` strings, one column per metric present."""
+    present = [m for m in TABLE_METRICS if any(m in r for r in rows)]
+    out = []
+    for r in rows:
+        d = {"method": r["method"]}
+        for m in present:
+            d[m] = _fmt(r, m)
+        if "completeness_error_median" in r:
+            d["completeness_error_median"] = f"{r['completeness_error_median']:.4f}"
+        out.append(d)
+    return out
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """A Markdown table of :func:`display_rows` with a legend of ranges and directions."""
+    shown = display_rows(rows)
+    columns = list(dict.fromkeys(k for r in shown for k in r))
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    for r in shown:
+        lines.append("| " + " | ".join(str(r.get(c, "—")) for c in columns) + " |")
+    legend = []
+    for c in columns[1:]:
+        spec = METRICS.get(c.removesuffix("_median"))
+        if spec:
+            arrow = "higher is better" if spec.higher_is_better else "lower is better"
+            legend.append(f"- `{c}`: range {list(spec.range)}, {arrow}. {spec.description}")
+    return "\n".join(lines) + "\n\n" + "\n".join(legend) + "\n"
+
+
+def mean_curves(evals: dict[str, MethodEvaluation], kind: str) -> dict[str, tuple[list, list]]:
+    """Mean deletion or insertion curve per method on an 11-point grid of removed fractions."""
+    out = {}
+    for name, ev in evals.items():
+        curves = ev.deletion if kind == "deletion" else ev.insertion
+        if curves:
+            out[name] = (CURVE_GRID.tolist(), np.mean(np.stack(curves), 0).tolist())
+    return out

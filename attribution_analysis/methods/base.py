@@ -1,0 +1,119 @@
+"""The interface every attribution method implements, and the shared ``explain`` that turns
+token scores into :class:`~attribution_analysis.methods.result.AttributionResult` objects."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+
+from attribution_analysis.methods.explained_model import Context, ExplainedModel, make_adapter
+from attribution_analysis.methods.result import AttributionResult, library_versions, merge_subwords
+
+
+def scorable_mask(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: Sequence[int] | torch.Tensor
+) -> torch.Tensor:
+    """Tokens that are explained: real (non-padding) and not special. ``[batch, tokens]`` bool."""
+    mask = attention_mask.bool()
+    special = torch.as_tensor(
+        list(special_ids) if not torch.is_tensor(special_ids) else special_ids
+    )
+    if special.numel():
+        mask = mask & ~torch.isin(input_ids, special.to(input_ids.device))
+    return mask
+
+
+class AttributionMethod(ABC):
+    """One attribution method over an explained model.
+
+    Subclasses implement :meth:`attribute` (scores ``[batch, tokens]``, exactly 0 on padding and
+    special tokens) and set ``name`` and ``word_aggregation`` (how subword scores merge).
+    """
+
+    name: str = "method"
+    word_aggregation: str = "sum"
+
+    def __init__(self, model, special_token_ids: Sequence[int] = (), seed: int = 0) -> None:
+        self.adapter: ExplainedModel = make_adapter(model)
+        self.special_token_ids = sorted(int(i) for i in special_token_ids)
+        self.seed = seed
+
+    def scorable(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return scorable_mask(input_ids, attention_mask, self.special_token_ids)
+
+    @abstractmethod
+    def attribute(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context: Context
+    ) -> torch.Tensor:
+        """Token scores ``[batch, tokens]``; higher = more responsible for the output."""
+
+    def settings(self) -> dict:
+        """Method arguments recorded in each result's metadata."""
+        return {}
+
+    def extra_outputs(self) -> dict[str, list]:
+        """Per-example values from the last :meth:`attribute` call to store in metadata
+        (e.g. IG's completeness error); lists of length ``batch``."""
+        return {}
+
+    @torch.no_grad()
+    def _outputs(self, input_ids, attention_mask, context) -> torch.Tensor:
+        words = self.adapter.embed(input_ids)
+        out = self.adapter.forward(words, attention_mask, context)
+        return self.adapter.explained_output(out.output, context)
+
+    def explain(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        context: Context,
+        tokenizer=None,
+        ids: list[dict] | None = None,
+    ) -> list[AttributionResult]:
+        """Results for a batch (tokens, token and word scores, the explained output)."""
+        context = self.adapter.prepare_context(context)
+        t0 = time.perf_counter()
+        scores = self.attribute(input_ids, attention_mask, context).detach().float()
+        seconds = (time.perf_counter() - t0) / len(input_ids)
+        extra = self.extra_outputs()
+        original = self._outputs(input_ids, attention_mask, context)
+        scorable = self.scorable(input_ids, attention_mask)
+        meta = {
+            "method": self.name,
+            "settings": self.settings(),
+            "seed": self.seed,
+            "word_aggregation": self.word_aggregation,
+            "seconds": seconds,
+            "versions": library_versions(),
+        }
+        results = []
+        for i in range(len(input_ids)):
+            n = int(attention_mask[i].sum())
+            token_ids = input_ids[i, :n].tolist()
+            tokens = (
+                tokenizer.convert_ids_to_tokens(token_ids)
+                if tokenizer
+                else [str(t) for t in token_ids]
+            )
+            token_scores = scores[i, :n].tolist()
+            words, word_scores, index = merge_subwords(
+                tokens, token_scores, scorable[i, :n].tolist(), self.word_aggregation
+            )
+            example_meta = {**meta, **{k: v[i] for k, v in extra.items()}}
+            results.append(
+                AttributionResult(
+                    method=self.name,
+                    tokens=tokens,
+                    token_scores=token_scores,
+                    words=words,
+                    word_scores=word_scores,
+                    word_token_index=index,
+                    original_output=float(original[i]),
+                    ids=(ids[i] if ids else {}),
+                    metadata=example_meta,
+                )
+            )
+        return results

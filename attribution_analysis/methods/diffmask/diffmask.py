@@ -1,0 +1,402 @@
+"""DIFFMASK (De Cao, Schlichtkrull, Aziz, Titov. "How do Decisions Emerge across Layers in Neural
+Models? Interpretation with Differentiable Masking." EMNLP 2020,
+doi:10.18653/v1/2020.emnlp-main.262,
+arXiv:2004.14992) with Hard Concrete gates (Louizos, Welling, Kingma, ICLR 2018, arXiv:1712.01312).
+
+A probe reads the explained model's hidden states on the original input and predicts one gate per
+token. The gated input replaces the **word embedding** of each token with a learned baseline,
+``x_hat = z * x + (1 - z) * b``, keeping position embeddings; padding and special tokens are
+never masked and never scored. Training (see :mod:`.train_diffmask`) minimises the expected
+number of kept tokens (L0) subject to a per-example divergence ``D(y || y_hat) <= margin``.
+
+Once trained, attributions cost one forward pass of the explained model (to read its hidden
+states) plus the small probe: :meth:`DIFFMASK.get_attributions`.
+
+Read-outs (``readout``):
+  * ``keep_probability`` (default): ``P(z != 0)`` in closed form, the product over voting probes;
+    in [0, 1], calibrated as "probability that the token must be kept".
+  * ``sigmoid``: product over probes of ``sigmoid(log_alpha)``.
+  * ``deterministic``: the test-time gate (product over probes), exactly 0 for dropped tokens.
+All three are monotone in each probe's ``log_alpha``, so with one probe their rankings agree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from attribution_analysis.methods.base import scorable_mask
+from attribution_analysis.methods.diffmask.probe_network import (
+    ProbeNetwork,
+    ProbeOutput,
+    SimpleProbeNetwork,
+)
+from attribution_analysis.methods.diffmask.stochastic_gates import StochasticGates
+from attribution_analysis.methods.explained_model import Context, ExplainedModel, make_adapter
+from attribution_analysis.methods.result import AttributionResult, library_versions, merge_subwords
+
+PROBE_TYPES = ("simple", "layerwise")
+READOUTS = ("keep_probability", "sigmoid", "deterministic")
+BASELINE_INITS = ("mask", "zeros", "pad")
+
+
+@dataclass
+class DiffMaskStep:
+    """Per-example quantities of one forward pass (all ``[batch]`` unless stated).
+
+    ``l0``: expected share of kept tokens (mean P(z != 0) over scorable tokens);
+    ``divergence``; ``within_margin``: divergence <= margin; ``agreement``: same decision;
+    ``original``/``masked``: the model outputs; ``gates`` ``[batch, tokens]``.
+    """
+
+    l0: torch.Tensor
+    divergence: torch.Tensor
+    within_margin: torch.Tensor
+    agreement: torch.Tensor
+    original: torch.Tensor
+    masked: torch.Tensor
+    gates: torch.Tensor
+    probe: ProbeOutput
+
+
+class DIFFMASK(nn.Module):
+    """Differentiable masking for one explained model.
+
+    Args:
+        model: an NRMS recommender, a ``transformers`` sequence classifier, or an
+            :class:`~attribution_analysis.methods.explained_model.ExplainedModel`.
+        hidden_dim: the explained model's hidden size (checked; inferred when ``None``).
+        num_probe_layers: probes of the layer vote (``layerwise``); default all layers + 1.
+        probe_type: ``layerwise`` (probe k reads ``[h(0); h(k)]``, gates multiplied) or
+            ``simple`` (one probe on one hidden state).
+        constraint_margin: the divergence margin ``m``.
+        temperature, stretch: Hard Concrete temperature and stretch (gamma=-s, zeta=1+s).
+        divergence: adapter divergence name (default the adapter's, e.g. ``bernoulli_kl``).
+        baseline_init: ``mask`` (the [MASK] word embedding when ``mask_token_id`` is known,
+            zeros otherwise), ``zeros`` or ``pad``.
+        learn_baseline: train the baseline vector (else fixed at its initial value).
+        readout: how :meth:`get_attributions` turns gates into scores (see module docstring).
+        mask_layer: 0 masks word embeddings; ``l >= 1`` masks layer l's hidden state (probes then
+            read layers ``<= l`` only).
+        probe_layer: hidden state read by the ``simple`` probe (default: the last layer for input
+            masking, ``mask_layer`` for hidden-state masking).
+        special_token_ids: ids never masked nor scored (e.g. [CLS], [SEP]).
+        mask_token_id, pad_token_id: used to initialise the baseline.
+        lambda_init, lambda_max: the Lagrange multiplier's start and upper clamp.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | ExplainedModel,
+        hidden_dim: int | None = None,
+        num_probe_layers: int | None = None,
+        probe_type: str = "layerwise",
+        constraint_margin: float = 0.1,
+        temperature: float = 2 / 3,
+        stretch: float = 0.1,
+        divergence: str | None = None,
+        baseline_init: str = "mask",
+        learn_baseline: bool = True,
+        readout: str = "keep_probability",
+        mask_layer: int = 0,
+        probe_layer: int | None = None,
+        special_token_ids: Sequence[int] = (),
+        mask_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        lambda_init: float = 1.0,
+        lambda_max: float = 200.0,
+        probe_hidden_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        adapter = make_adapter(model)
+        object.__setattr__(self, "adapter", adapter)  # never registered as a submodule
+        if hidden_dim is not None and hidden_dim != adapter.hidden_size:
+            raise ValueError(
+                f"hidden_dim={hidden_dim} but the explained model's hidden size is "
+                f"{adapter.hidden_size}"
+            )
+        hidden_dim = adapter.hidden_size
+        self._check_choices(probe_type, readout, baseline_init, mask_layer, adapter)
+        divergence = adapter.check_divergence(divergence or adapter.default_divergence)
+        if constraint_margin <= 0:
+            raise ValueError(f"constraint_margin must be > 0, got {constraint_margin}")
+        if not 0 <= lambda_init <= lambda_max:
+            raise ValueError("need 0 <= lambda_init <= lambda_max")
+        self.settings = {
+            "hidden_dim": hidden_dim,
+            "num_probe_layers": num_probe_layers,
+            "probe_type": probe_type,
+            "constraint_margin": float(constraint_margin),
+            "temperature": float(temperature),
+            "stretch": float(stretch),
+            "divergence": divergence,
+            "baseline_init": baseline_init,
+            "learn_baseline": learn_baseline,
+            "readout": readout,
+            "mask_layer": mask_layer,
+            "probe_layer": probe_layer,
+            "special_token_ids": sorted(int(i) for i in special_token_ids),
+            "mask_token_id": mask_token_id,
+            "pad_token_id": pad_token_id,
+            "lambda_init": float(lambda_init),
+            "lambda_max": float(lambda_max),
+            "probe_hidden_dim": probe_hidden_dim,
+            "explained_model": adapter.name,
+        }
+        self.gates = StochasticGates(temperature=temperature, stretch=stretch)
+        self.probe = self._build_probe(adapter, probe_hidden_dim)
+        self.baseline = nn.Parameter(self._initial_baseline(adapter), requires_grad=learn_baseline)
+        self.lagrange_multiplier = nn.Parameter(torch.tensor(float(lambda_init)))
+        self.register_buffer("_special_ids", torch.tensor(self.settings["special_token_ids"]))
+        self.margin = float(constraint_margin)
+        self.divergence_kind = divergence
+
+    @staticmethod
+    def _check_choices(probe_type, readout, baseline_init, mask_layer, adapter) -> None:
+        for name, value, valid in (
+            ("probe_type", probe_type, PROBE_TYPES),
+            ("readout", readout, READOUTS),
+            ("baseline_init", baseline_init, BASELINE_INITS),
+        ):
+            if value not in valid:
+                raise ValueError(f"{name} must be one of {valid}, got {value!r}")
+        if not 0 <= mask_layer <= adapter.num_layers:
+            raise ValueError(f"mask_layer must be in [0, {adapter.num_layers}], got {mask_layer}")
+
+    def _build_probe(self, adapter: ExplainedModel, probe_hidden_dim: int | None) -> nn.Module:
+        s = self.settings
+        kwargs = {"hidden_dim": probe_hidden_dim} if probe_hidden_dim else {}
+        if s["probe_type"] == "simple":
+            layer = s["probe_layer"]
+            if layer is None:
+                layer = s["mask_layer"] if s["mask_layer"] > 0 else adapter.num_layers
+            if not 0 <= layer <= adapter.num_layers:
+                raise ValueError(f"probe_layer must be in [0, {adapter.num_layers}], got {layer}")
+            if s["mask_layer"] > 0 and layer > s["mask_layer"]:
+                raise ValueError("a probe may not read a layer above the masked one")
+            s["probe_layer"] = layer
+            return SimpleProbeNetwork(s["hidden_dim"], layer=layer, gates=self.gates, **kwargs)
+        n = s["num_probe_layers"] or (
+            s["mask_layer"] + 1 if s["mask_layer"] > 0 else adapter.num_layers + 1
+        )
+        if not 1 <= n <= adapter.num_layers + 1:
+            raise ValueError(f"num_probe_layers must be in [1, {adapter.num_layers + 1}], got {n}")
+        if s["mask_layer"] > 0 and n > s["mask_layer"] + 1:
+            raise ValueError(
+                f"masking layer {s['mask_layer']}: num_probe_layers must be <= "
+                f"{s['mask_layer'] + 1} (no probe may read a layer above the masked one)"
+            )
+        s["num_probe_layers"] = n
+        return ProbeNetwork(s["hidden_dim"], n, gates=self.gates, **kwargs)
+
+    def _initial_baseline(self, adapter: ExplainedModel) -> torch.Tensor:
+        s = self.settings
+        device = next(adapter.model.parameters()).device
+        token = {"mask": s["mask_token_id"], "pad": s["pad_token_id"], "zeros": None}[
+            s["baseline_init"]
+        ]
+        if s["mask_layer"] > 0 or token is None:
+            s["baseline_used"] = "zeros"
+            return torch.zeros(s["hidden_dim"], device=device)
+        s["baseline_used"] = f"{s['baseline_init']} token embedding (id {token})"
+        with torch.no_grad():
+            return adapter.embed(torch.tensor([[token]], device=device))[0, 0].detach().clone()
+
+    # ------------------------------------------------------------------ core
+    def scorable_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Tokens that may be masked and are scored: real (non-padding), non-special.
+        ``[batch, tokens]`` bool."""
+        return scorable_mask(input_ids, attention_mask, self._special_ids)
+
+    def _probe(self, hidden_states, scorable, generator=None) -> ProbeOutput:
+        if isinstance(self.probe, ProbeNetwork):
+            max_layer = self.settings["mask_layer"] if self.settings["mask_layer"] > 0 else None
+            return self.probe(hidden_states, scorable, self.gates, max_layer, generator=generator)
+        return self.probe(hidden_states, scorable, self.gates, generator=generator)
+
+    def _gate(self, gates: torch.Tensor):
+        baseline = self.baseline
+
+        def apply(x: torch.Tensor) -> torch.Tensor:
+            z = gates.to(x.dtype)[..., None]
+            return z * x + (1 - z) * baseline.to(x.dtype)
+
+        return apply
+
+    def step(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        context: Context,
+        generator: torch.Generator | None = None,
+    ) -> DiffMaskStep:
+        """One masked pass: the original forward (no gradient, hidden states), the probe's gates
+        (sampled in train mode, deterministic in eval mode), the masked forward and per-example
+        L0 and divergence."""
+        adapter = self.adapter
+        context = adapter.prepare_context(context)
+        scorable = self.scorable_mask(input_ids, attention_mask)
+        with torch.no_grad():
+            words = adapter.embed(input_ids)
+            original = adapter.forward(words, attention_mask, context, output_hidden_states=True)
+        hidden = tuple(h.detach() for h in original.hidden_states)
+        probe = self._probe(hidden, scorable, generator)
+        layer = self.settings["mask_layer"]
+        if layer == 0:
+            masked = adapter.forward(self._gate(probe.gates)(words), attention_mask, context)
+        else:
+            masked = adapter.forward(
+                words, attention_mask, context, edit={layer: self._gate(probe.gates)}
+            )
+        kind = self.divergence_kind
+        div = adapter.divergence(original.output, masked.output, context, kind)
+        n_tokens = scorable.sum(-1).clamp(min=1)
+        l0 = (probe.log_prob_nonzero.exp() * scorable).sum(-1) / n_tokens
+        return DiffMaskStep(
+            l0=l0,
+            divergence=div,
+            within_margin=div <= self.margin,
+            agreement=adapter.agreement(original.output, masked.output, context, kind),
+            original=original.output,
+            masked=masked.output,
+            gates=probe.gates,
+            probe=probe,
+        )
+
+    def lagrangian(self, step: DiffMaskStep) -> torch.Tensor:
+        """``mean(L0) + lambda * mean(D - margin)``: minimised by probe and baseline, maximised
+        by lambda (its gradient is ascended by the trainer and lambda clamped to
+        ``[0, lambda_max]``). D is computed per example before averaging."""
+        constraint = (step.divergence - self.margin).mean()
+        return step.l0.mean() + self.lagrange_multiplier * constraint
+
+    def clamp_multiplier(self) -> None:
+        """Keep lambda in ``[0, lambda_max]`` (bounded, never an unbounded exp)."""
+        with torch.no_grad():
+            self.lagrange_multiplier.clamp_(0.0, self.settings["lambda_max"])
+
+    @torch.no_grad()
+    def get_attributions(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        history_emb: torch.Tensor | None = None,
+        history_mask: torch.Tensor | None = None,
+        readout: str | None = None,
+        **context: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per-token attributions ``[batch, tokens]`` (0 on padding and special tokens).
+
+        One forward pass of the explained model (its hidden states) plus the probe.
+        ``history_emb [batch, history, dim]`` (and ``history_mask``) are the recommender's
+        context; omit them for a classifier.
+        """
+        readout = readout or self.settings["readout"]
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        ctx = self._context(history_emb, history_mask, context)
+        adapter = self.adapter
+        was_training = adapter.model.training
+        adapter.model.eval()  # dropout off: attributions are deterministic
+        words = adapter.embed(input_ids)
+        out = adapter.forward(words, attention_mask, ctx, output_hidden_states=True)
+        adapter.model.train(was_training)
+        scorable = self.scorable_mask(input_ids, attention_mask)
+        return self._readout(self._log_alpha(out.hidden_states), scorable, readout)
+
+    def _log_alpha(self, hidden_states) -> torch.Tensor:
+        """Gate locations of every voting probe ``[n_probes, batch, tokens]``."""
+        if isinstance(self.probe, ProbeNetwork):
+            max_layer = self.settings["mask_layer"] if self.settings["mask_layer"] > 0 else None
+            return self.probe.log_alpha(hidden_states, max_layer)
+        return self.probe.log_alpha(hidden_states)[None]
+
+    def _readout(self, log_alpha: torch.Tensor, scorable: torch.Tensor, readout: str):
+        """Scores ``[batch, tokens]`` from ``log_alpha [n_probes, batch, tokens]``."""
+        if readout == "keep_probability":
+            scores = self.gates.log_prob_nonzero(log_alpha).sum(0).exp()
+        elif readout == "sigmoid":
+            scores = torch.sigmoid(log_alpha).prod(0)
+        else:
+            scores = self.gates.distribution(log_alpha).deterministic().prod(0)
+        return scores.float() * scorable
+
+    @staticmethod
+    def _context(history_emb, history_mask, extra) -> Context:
+        ctx = dict(extra)
+        if history_emb is not None:
+            ctx["history_emb"] = history_emb
+            if history_mask is not None:
+                ctx["history_mask"] = history_mask
+        return ctx
+
+    def metadata(self) -> dict:
+        """Settings, lambda and versions, recorded in every result."""
+        return {
+            "method": "diffmask",
+            "settings": dict(self.settings),
+            "lambda": float(self.lagrange_multiplier.detach()),
+            "versions": library_versions(),
+        }
+
+    @torch.no_grad()
+    def explain(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        context: Context,
+        tokenizer=None,
+        ids: list[dict] | None = None,
+        word_aggregation: str = "max",
+    ) -> list[AttributionResult]:
+        """Full results for a batch: scores, tokens, words, original and masked (deterministic
+        gates) outputs and divergence. Costs two forward passes (the masked output needs one)."""
+        was_training, model_was_training = self.training, self.adapter.model.training
+        self.eval()
+        self.adapter.model.eval()
+        t0 = time.perf_counter()
+        step = self.step(input_ids, attention_mask, context)
+        ctx = self.adapter.prepare_context(context)
+        scorable = self.scorable_mask(input_ids, attention_mask)
+        log_alpha = step.probe.log_alpha
+        log_alpha = log_alpha if log_alpha.dim() == 3 else log_alpha[None]
+        scores = self._readout(log_alpha, scorable, self.settings["readout"])
+        orig = self.adapter.explained_output(step.original, ctx)
+        masked = self.adapter.explained_output(step.masked, ctx)
+        seconds = (time.perf_counter() - t0) / len(input_ids)
+        self.train(was_training)
+        self.adapter.model.train(model_was_training)
+        meta = {**self.metadata(), "word_aggregation": word_aggregation, "seconds": seconds}
+        results = []
+        for i in range(len(input_ids)):
+            n = int(attention_mask[i].sum())
+            token_ids = input_ids[i, :n].tolist()
+            tokens = (
+                tokenizer.convert_ids_to_tokens(token_ids)
+                if tokenizer
+                else [str(t) for t in token_ids]
+            )
+            sc = scores[i, :n].tolist()
+            words, word_scores, index = merge_subwords(
+                tokens, sc, scorable[i, :n].tolist(), word_aggregation
+            )
+            results.append(
+                AttributionResult(
+                    method="diffmask",
+                    tokens=tokens,
+                    token_scores=sc,
+                    words=words,
+                    word_scores=word_scores,
+                    word_token_index=index,
+                    original_output=float(orig[i]),
+                    masked_output=float(masked[i]),
+                    divergence=float(step.divergence[i]),
+                    ids=(ids[i] if ids else {}),
+                    metadata=meta,
+                )
+            )
+        return results

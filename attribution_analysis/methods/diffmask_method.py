@@ -1,0 +1,90 @@
+"""A trained DIFFMASK behind the common :class:`~attribution_analysis.methods.base.
+AttributionMethod` interface, so it is evaluated exactly like the baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from attribution_analysis.methods.base import AttributionMethod
+from attribution_analysis.methods.diffmask.diffmask import DIFFMASK, READOUTS
+from attribution_analysis.methods.explained_model import ExplainedModel, make_adapter
+
+
+class DiffMaskMethod(AttributionMethod):
+    """Attributions of a trained :class:`DIFFMASK` (one forward pass plus the probe).
+
+    Args:
+        model: the explained model (may be ``None``: DIFFMASK's own); must be the model the
+            DIFFMASK was built for.
+        diffmask: a trained DIFFMASK; alternatively ``checkpoint``, a checkpoint path loaded with
+            ``load_diffmask_checkpoint`` (which checks it was made for ``model``).
+        readout: overrides ``diffmask.settings["readout"]``.
+
+    Special tokens come from the DIFFMASK settings; words take the max of their pieces.
+    """
+
+    name = "diffmask"
+    word_aggregation = "max"
+
+    def __init__(
+        self,
+        model: nn.Module | ExplainedModel | None = None,
+        diffmask: DIFFMASK | None = None,
+        checkpoint: str | Path | None = None,
+        readout: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        diffmask = self._resolve(model, diffmask, checkpoint)
+        super().__init__(diffmask.adapter, diffmask.settings["special_token_ids"], seed)
+        if readout is not None and readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
+        self.diffmask = diffmask
+        self.readout = readout or diffmask.settings["readout"]
+
+    @staticmethod
+    def _resolve(model, diffmask, checkpoint) -> DIFFMASK:
+        if (diffmask is None) == (checkpoint is None):
+            raise ValueError("pass exactly one of diffmask= (a DIFFMASK) or checkpoint= (a path)")
+        if diffmask is None:
+            if model is None:
+                raise ValueError("loading a DIFFMASK checkpoint needs the explained model")
+            from attribution_analysis.methods.diffmask.train_diffmask import (
+                load_diffmask_checkpoint,
+            )
+
+            return load_diffmask_checkpoint(checkpoint, model)
+        if model is not None and make_adapter(model).model is not diffmask.adapter.model:
+            raise ValueError("this DIFFMASK was built for another model")
+        return diffmask
+
+    def settings(self) -> dict:
+        return {
+            **self.diffmask.settings,
+            "readout": self.readout,
+            "lambda": float(self.diffmask.lagrange_multiplier.detach()),
+        }
+
+    @torch.no_grad()
+    def attribute(self, input_ids, attention_mask, context) -> torch.Tensor:
+        """Scores ``[batch, tokens]`` (0 on padding and special tokens)."""
+        was_training = self.diffmask.training
+        model = self.adapter.model
+        model_training = model.training if isinstance(model, nn.Module) else None
+        self.diffmask.eval()
+        if model_training is not None:
+            model.eval()
+        try:
+            scores = self.diffmask.get_attributions(
+                input_ids, attention_mask, readout=self.readout, **context
+            )
+        finally:
+            self.diffmask.train(was_training)
+            if model_training is not None:
+                model.train(model_training)
+        return scores * self.scorable(input_ids, attention_mask)
+
+
+__all__ = ["DiffMaskMethod"]

@@ -1,0 +1,49 @@
+"""Attribution methods by name: ``build_method("ig", model, pad_token_id=0, ...)``."""
+
+from __future__ import annotations
+
+from attribution_analysis.methods.attention_method import AttentionMethod
+from attribution_analysis.methods.base import AttributionMethod
+from attribution_analysis.methods.diffmask_method import DiffMaskMethod
+from attribution_analysis.methods.gradient_methods import InputXGradientMethod, SaliencyMethod
+from attribution_analysis.methods.integrated_gradients import IntegratedGradientsMethod
+from attribution_analysis.methods.occlusion import LeaveOneOutMethod
+from attribution_analysis.methods.random_method import RandomMethod
+
+METHODS: dict[str, type[AttributionMethod]] = {
+    "diffmask": DiffMaskMethod,
+    "ig": IntegratedGradientsMethod,
+    "saliency": SaliencyMethod,
+    "input_x_gradient": InputXGradientMethod,
+    "attention": AttentionMethod,
+    "leave_one_out": LeaveOneOutMethod,
+    "random": RandomMethod,
+}
+
+
+def _check_name(name: str) -> str:
+    if name not in METHODS:
+        raise ValueError(f"unknown attribution method {name!r}; valid names: {', '.join(METHODS)}")
+    return name
+
+
+def build_method(name: str, model, **kwargs) -> AttributionMethod:
+    """``METHODS[name](model, **kwargs)``; ``ValueError`` listing the valid names otherwise.
+
+    E.g. ``build_method("diffmask", model, diffmask=trained)`` or
+    ``build_method("ig", model, special_token_ids=tok.all_special_ids,
+    pad_token_id=tok.pad_token_id, n_steps=50)``.
+    """
+    return METHODS[_check_name(name)](model, **kwargs)
+
+
+def parse_method_list(text: str) -> list[str]:
+    """``"diffmask, ig,random"`` -> ``["diffmask", "ig", "random"]`` (validated, duplicates
+    dropped, order kept)."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ValueError(f"no method names in {text!r}; valid names: {', '.join(METHODS)}")
+    return list(dict.fromkeys(_check_name(n) for n in names))
+
+
+__all__ = ["METHODS", "build_method", "parse_method_list"]

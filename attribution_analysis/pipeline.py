@@ -1,0 +1,140 @@
+"""Application plumbing shared by the commands: load (or train) the recommender named by an
+attribution config, encode the news once, and build the example loaders for training DIFFMASK,
+validating it and explaining held-out impressions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from attribution_analysis.config import (
+    AttributionConfig,
+    RecommenderConfig,
+    load_config,
+    resolve_path,
+)
+from attribution_analysis.data.explanation_set import ExplanationSet, select_examples
+from attribution_analysis.data.loading import MindData, load_mind_data
+from attribution_analysis.methods.diffmask import DIFFMASK
+from attribution_analysis.models.inference import encode_news_table
+from attribution_analysis.models.nrms import NRMS
+from attribution_analysis.models.pretrained import load_tokenizer
+from attribution_analysis.models.serialization import load_recommender
+from attribution_analysis.models.training import train_recommender
+
+
+@dataclass
+class Workspace:
+    """A trained recommender with its data, tokenizer and precomputed news vectors."""
+
+    config: AttributionConfig
+    recommender_config: RecommenderConfig
+    model: NRMS
+    tokenizer: object
+    data: MindData
+    news_vectors: torch.Tensor
+
+    def explanation_set(self, examples) -> ExplanationSet:
+        return ExplanationSet(
+            examples, self.data.table, self.news_vectors, self.recommender_config.data.max_history
+        )
+
+    def loader(self, examples, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
+        """Batches of explanation examples (shuffled by the global torch seed when asked)."""
+        dataset = self.explanation_set(examples)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size or self.config.batch_size,
+            shuffle=shuffle,
+            collate_fn=dataset.collate,
+        )
+
+    def title(self, news_id: str) -> str:
+        return self.data.news[news_id].title
+
+    def build_diffmask(self) -> DIFFMASK:
+        """A fresh DIFFMASK with the config's settings for this recommender."""
+        d = self.config.diffmask
+        return DIFFMASK(
+            self.model,
+            probe_type=d.probe_type,
+            num_probe_layers=d.num_probe_layers,
+            probe_layer=d.probe_layer if d.probe_layer >= 0 else None,
+            constraint_margin=d.constraint_margin,
+            temperature=d.temperature,
+            stretch=d.stretch,
+            divergence=d.divergence,
+            baseline_init=d.baseline_init,
+            learn_baseline=d.learn_baseline,
+            readout=d.readout,
+            mask_layer=d.mask_layer,
+            special_token_ids=self.tokenizer.all_special_ids,
+            mask_token_id=self.tokenizer.mask_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            lambda_init=d.lambda_init,
+            lambda_max=d.lambda_max,
+        )
+
+
+def recommender_config(config: AttributionConfig) -> RecommenderConfig:
+    return load_config(RecommenderConfig, resolve_path(config.model_config))
+
+
+def ensure_recommender(config: AttributionConfig, rec: RecommenderConfig, quiet: bool) -> Path:
+    """The trained recommender folder; trains it first when missing and allowed."""
+    path = resolve_path(config.checkpoint)
+    if (path / "model.safetensors").is_file():
+        return path
+    if not config.train_recommender_if_missing:
+        raise FileNotFoundError(
+            f"recommender checkpoint not found: {path} (train it with python -m "
+            "attribution_analysis.train_recommender, or set train_recommender_if_missing: true)"
+        )
+    if path.name != "best":
+        raise FileNotFoundError(
+            f"recommender checkpoint not found: {path}; to train it here, name a folder "
+            "ending in /best"
+        )
+    if not quiet:
+        print(f"[recommender] {path} not found: training the recommender first")
+    train_recommender(rec, run_dir=path.parent, quiet=quiet)
+    return path
+
+
+def open_workspace(config: AttributionConfig, quiet: bool = False) -> Workspace:
+    """Load data, tokenizer and the recommender (training it if needed); encode all news."""
+    rec = recommender_config(config)
+    path = ensure_recommender(config, rec, quiet)
+    tokenizer = load_tokenizer(rec.model)
+    data = load_mind_data(rec.data, tokenizer)
+    model = load_recommender(path, rec.model)
+    news_vectors = encode_news_table(model, data.table, rec.train.eval_batch_size)
+    return Workspace(config, rec, model, tokenizer, data, news_vectors)
+
+
+def split_examples(ws: Workspace) -> tuple[list, list, list]:
+    """DIFFMASK train and validation examples (from the train split, disjoint) and the test
+    examples to explain (from ``config.split``, the dev split by default)."""
+    d, cfg = ws.config.diffmask, ws.config
+    n_train, n_val = d.train_examples, d.val_examples
+    pool = select_examples(ws.data.train, n_train + n_val, seed=cfg.seed)
+    test = select_examples(ws.data.split(cfg.split), cfg.n_samples, seed=cfg.seed + 1)
+    return pool[:n_train], pool[n_train:], test
+
+
+def gold_token_labels(
+    words: list[str], word_token_index: list[list[int]], n_tokens: int, gold_words: list[str] | None
+) -> list[int] | None:
+    """0/1 per token: 1 where the token belongs to a gold-rationale word (None without gold)."""
+    if not gold_words:
+        return None
+    gold = {w.lower() for w in gold_words}
+    labels = [0] * n_tokens
+    for word, index in zip(words, word_token_index):
+        if word.lower() in gold:
+            for i in index:
+                labels[i] = 1
+    return labels

@@ -1,0 +1,87 @@
+"""Train and evaluate the NRMS news recommender, and write MIND-format predictions.
+
+    python -m attribution_analysis.train_recommender --config configs/recommender/nrms_minilm.yaml
+
+Writes ``<output_dir>/<run_name>/``: ``config.json``, ``checkpoints/epoch_<N>.pt`` (resume by
+rerunning), ``best/`` (``model.safetensors`` + ``config.json``), ``history.json``,
+``metrics.json`` and ``prediction.txt`` (``impid [rank,...]`` for the dev split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from attribution_analysis.cli_utils import run_cli
+from attribution_analysis.config import RecommenderConfig, load_config
+from attribution_analysis.data.loading import load_mind_data
+from attribution_analysis.evaluation.ranking import write_predictions
+from attribution_analysis.models.pretrained import load_tokenizer
+from attribution_analysis.models.serialization import load_recommender
+from attribution_analysis.models.training import evaluate_split, train_recommender
+from attribution_analysis.utils.io import atomic_write_json
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config",
+        default="configs/recommender/nrms_minilm.yaml",
+        help="YAML config (RecommenderConfig)",
+    )
+    parser.add_argument("--epochs", type=int, help="override train.epochs")
+    parser.add_argument(
+        "--max_steps_per_epoch", type=int, help="override train.max_steps_per_epoch"
+    )
+    parser.add_argument("--run_name", help="override train.run_name (the run folder's name)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override train.device")
+    parser.add_argument("--seed", type=int, help="override train.seed")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def run(config: RecommenderConfig, quiet: bool = False) -> dict:
+    """Train, reload the best model, evaluate dev and write predictions; returns the metrics."""
+    tokenizer = load_tokenizer(config.model)
+    data = load_mind_data(config.data, tokenizer)
+    result = train_recommender(config, data, quiet=quiet)
+    model = load_recommender(result.best_dir, config.model)
+    metrics, scores = evaluate_split(model, data, "dev", config)
+    write_predictions(
+        result.run_dir / "prediction.txt", [imp.impression_id for imp in data.dev], scores
+    )
+    summary = {
+        "dev": metrics,
+        "train_seconds": result.seconds,
+        "best_epoch": result.best_metrics.get("epoch"),
+        "data": data.stats.summary(),
+    }
+    atomic_write_json(result.run_dir / "metrics.json", summary)
+    print(f"[data] {data.stats.summary()}")
+    print(
+        "[result] dev "
+        + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        + f"  ({result.seconds:.0f}s training)"
+    )
+    print(f"[result] model: {result.best_dir}   predictions: {result.run_dir / 'prediction.txt'}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def go() -> None:
+        config = load_config(RecommenderConfig, args.config)
+        for key in ("epochs", "max_steps_per_epoch", "run_name", "device", "seed"):
+            value = getattr(args, key)
+            if value is not None:
+                setattr(config.train, key, value)
+        run(config, quiet=args.quiet)
+
+    return run_cli(go, "train_recommender")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

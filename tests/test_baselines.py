@@ -1,0 +1,279 @@
+"""Attribution baselines (IG, saliency, input x gradient, attention, leave-one-out, random,
+DIFFMASK wrapper) on a linear toy model and on a tiny random NRMS."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from attribution_analysis.config import ModelConfig
+from attribution_analysis.methods.attention_method import AttentionMethod
+from attribution_analysis.methods.diffmask import DIFFMASK
+from attribution_analysis.methods.diffmask_method import DiffMaskMethod
+from attribution_analysis.methods.explained_model import ExplainedModel, ModelOutput
+from attribution_analysis.methods.integrated_gradients import IntegratedGradientsMethod
+from attribution_analysis.methods.occlusion import LeaveOneOutMethod
+from attribution_analysis.methods.random_method import RandomMethod
+from attribution_analysis.methods.registry import METHODS, build_method, parse_method_list
+
+TITLES = [
+    "stocks rally as markets cheer surprise rate cut",
+    "new vaccine trial shows promise",
+    "local team wins championship game in overtime thriller",
+    "storm warning",
+]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """Tokenizer, tiny random NRMS (eval), a padded batch and its context."""
+    from attribution_analysis.models.pretrained import load_tokenizer
+    from attribution_analysis.models.serialization import build_nrms
+
+    torch.set_num_threads(1)
+    config = ModelConfig(encoder="tiny-random-bert", num_heads=2, head_dim=8, query_dim=16)
+    tok = load_tokenizer(config)
+    torch.manual_seed(0)
+    model = build_nrms(config, len(tok)).eval()
+    enc = tok(TITLES, padding=True, return_tensors="pt")
+    gen = torch.Generator().manual_seed(0)
+    history_mask = torch.tensor([[1, 1, 1, 0, 0], [1] * 5, [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]])
+    context = {
+        "history_emb": torch.randn(len(TITLES), 5, model.dim, generator=gen),
+        "history_mask": history_mask.bool(),
+    }
+    return tok, model, enc["input_ids"], enc["attention_mask"], context
+
+
+def _kwargs(tok, name: str) -> dict:
+    kwargs = {"special_token_ids": tok.all_special_ids}
+    if name in ("ig", "leave_one_out"):
+        kwargs.update(pad_token_id=tok.pad_token_id, mask_token_id=tok.mask_token_id)
+    return kwargs
+
+
+def _diffmask(tok, model) -> DIFFMASK:
+    torch.manual_seed(1)
+    return DIFFMASK(
+        model, special_token_ids=tok.all_special_ids, mask_token_id=tok.mask_token_id
+    ).eval()
+
+
+def _all_methods(tok, model) -> dict:
+    methods = {n: build_method(n, model, **_kwargs(tok, n)) for n in METHODS if n != "diffmask"}
+    methods["diffmask"] = build_method("diffmask", model, diffmask=_diffmask(tok, model))
+    return methods
+
+
+# --------------------------------------------------------------------- linear model
+class LinearModel(ExplainedModel):
+    """Logit = sum over positions and hidden units of W[t, h] * x[t, h] (+ a bias)."""
+
+    name = "linear"
+
+    def __init__(self, vocab: int = 20, tokens: int = 6, hidden: int = 4) -> None:
+        gen = torch.Generator().manual_seed(0)
+        module = nn.Module()
+        module.emb = nn.Embedding(vocab, hidden)
+        with torch.no_grad():
+            module.emb.weight.copy_(torch.randn(vocab, hidden, generator=gen))
+        module.w = nn.Parameter(torch.randn(tokens, hidden, generator=gen))
+        super().__init__(module)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.w.shape[1]
+
+    @property
+    def num_layers(self) -> int:
+        return 0
+
+    def embed(self, input_ids):
+        return self.model.emb(input_ids)
+
+    def forward(
+        self, word_embeddings, attention_mask, context, output_hidden_states=False, edit=None
+    ):
+        t = word_embeddings.shape[1]
+        return ModelOutput((word_embeddings * self.model.w[:t]).sum((1, 2)) + 0.5)
+
+    def divergence(self, original, masked, context, kind):
+        return (original - masked) ** 2
+
+    def agreement(self, original, masked, context, kind):
+        return (original > 0) == (masked > 0)
+
+    def explained_output(self, output, context):
+        return torch.sigmoid(output)
+
+    def explained_logit(self, output, context):
+        return output
+
+
+@pytest.mark.parametrize("baseline", ["pad", "mask", "zero"])
+def test_ig_of_linear_model_is_input_minus_baseline_times_weight(baseline):
+    linear = LinearModel()
+    pad, mask, cls, sep = 0, 1, 2, 3
+    ids = torch.tensor([[cls, 5, 9, 7, sep, pad], [cls, 11, sep, pad, pad, pad]])
+    attention = (ids != pad).long()
+    method = IntegratedGradientsMethod(
+        linear,
+        special_token_ids=[pad, mask, cls, sep],
+        pad_token_id=pad,
+        mask_token_id=mask,
+        baseline=baseline,
+        n_steps=7,
+    )
+    scores = method.attribute(ids, attention, {})
+    x = linear.embed(ids).detach()
+    token = {"pad": pad, "mask": mask}.get(baseline)
+    fill = torch.zeros(4) if token is None else linear.embed(torch.tensor(token)).detach()
+    scorable = method.scorable(ids, attention)
+    expected = ((x - fill) * linear.model.w.detach()).sum(-1) * scorable
+    torch.testing.assert_close(scores, expected, atol=1e-6, rtol=1e-5)
+    assert (scores[~scorable] == 0).all()
+    assert max(method.extra_outputs()["completeness_error"]) < 1e-5
+
+
+def test_ig_rejects_missing_token_id():
+    with pytest.raises(ValueError, match="pad_token_id"):
+        IntegratedGradientsMethod(LinearModel(), baseline="pad")
+
+
+# --------------------------------------------------------------------- tiny NRMS
+def _ig_errors(setup, n_steps: int) -> list[float]:
+    tok, model, ids, mask, context = setup
+    method = IntegratedGradientsMethod(model, n_steps=n_steps, **_kwargs(tok, "ig"))
+    method.attribute(ids, mask, context)
+    return method.extra_outputs()["completeness_error"]
+
+
+def test_ig_completeness_error_small_and_shrinks_with_steps(setup):
+    err50 = _ig_errors(setup, 50)
+    err2 = _ig_errors(setup, 2)
+    assert len(err50) == len(TITLES)
+    assert max(err50) < 1e-3
+    assert sum(err50) < sum(err2)
+
+
+def test_ig_explain_records_completeness_error(setup):
+    tok, model, ids, mask, context = setup
+    method = IntegratedGradientsMethod(model, **_kwargs(tok, "ig"))
+    results = method.explain(ids, mask, context, tokenizer=tok)
+    assert all(r.metadata["completeness_error"] < 1e-3 for r in results)
+    assert results[0].metadata["settings"]["baseline"] == "pad"
+    assert results[0].tokens[0] == "[CLS]" and results[0].token_scores[0] == 0.0
+
+
+@pytest.mark.parametrize(
+    "name", ["ig", "saliency", "input_x_gradient", "attention", "leave_one_out", "diffmask"]
+)
+def test_batched_equals_one_by_one(setup, name):
+    tok, model, ids, mask, context = setup
+    method = _all_methods(tok, model)[name]
+    batched = method.attribute(ids, mask, context)
+    for i in range(len(ids)):
+        n = int(mask[i].sum())
+        ctx = {k: v[i : i + 1] for k, v in context.items()}
+        single = method.attribute(ids[i : i + 1, :n], mask[i : i + 1, :n], ctx)[0]
+        torch.testing.assert_close(batched[i, :n], single, atol=1e-5, rtol=1e-4)
+        assert (batched[i, n:] == 0).all()
+
+
+def test_leave_one_out_definition_and_chunking(setup):
+    tok, model, ids, mask, context = setup
+    method = LeaveOneOutMethod(model, **_kwargs(tok, "leave_one_out"))
+    scores = method.attribute(ids, mask, context)
+    chunked = LeaveOneOutMethod(model, internal_batch_size=5, **_kwargs(tok, "leave_one_out"))
+    torch.testing.assert_close(chunked.attribute(ids, mask, context), scores)
+    adapter = method.adapter
+    ctx = adapter.prepare_context(context)
+    with torch.no_grad():
+        words = adapter.embed(ids)
+        full = adapter.forward(words, mask, ctx).output
+        masked = words.clone()
+        masked[:, 2] = adapter.embed(torch.tensor([[tok.mask_token_id]]))[0, 0]
+        occluded = adapter.forward(masked, mask, ctx).output
+    torch.testing.assert_close(scores[:, 2], full - occluded, atol=1e-6, rtol=1e-5)
+    assert scores[:, 2].abs().max() > 1e-4  # not trivially zero
+
+
+def test_padding_and_special_tokens_score_zero(setup):
+    tok, model, ids, mask, context = setup
+    special = torch.isin(ids, torch.tensor(tok.all_special_ids))
+    assert (mask == 0).any() and (special & mask.bool()).any()
+    for name, method in _all_methods(tok, model).items():
+        scores = method.attribute(ids, mask, context)
+        assert scores.shape == ids.shape, name
+        scorable = method.scorable(ids, mask)
+        assert (scores[~scorable] == 0).all(), name
+        if name != "random":
+            assert scores[scorable].abs().sum() > 0, name
+
+
+def test_random_method_is_deterministic_for_a_seed(setup):
+    tok, model, ids, mask, context = setup
+    a = RandomMethod(model, tok.all_special_ids, seed=3).attribute(ids, mask, context)
+    b = RandomMethod(model, tok.all_special_ids, seed=3).attribute(ids, mask, context)
+    c = RandomMethod(model, tok.all_special_ids, seed=4).attribute(ids, mask, context)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert not torch.equal(a, c)
+    method = RandomMethod(model, tok.all_special_ids, seed=3)
+    method.attribute(ids, mask, context)
+    method.reset()
+    torch.testing.assert_close(method.attribute(ids, mask, context), a, atol=0, rtol=0)
+
+
+def test_attention_weights_sum_to_one_over_scorable_tokens(setup):
+    tok, model, ids, mask, context = setup
+    method = AttentionMethod(model, tok.all_special_ids)
+    scores = method.attribute(ids, mask, context)
+    torch.testing.assert_close(scores.sum(-1), torch.ones(len(ids)))
+    assert (scores >= 0).all()
+    assert (scores[~method.scorable(ids, mask)] == 0).all()
+
+
+def test_diffmask_method_matches_get_attributions(setup):
+    tok, model, ids, mask, context = setup
+    dm = _diffmask(tok, model)
+    method = DiffMaskMethod(model, diffmask=dm)
+    expected = dm.get_attributions(ids, mask, **context)
+    torch.testing.assert_close(method.attribute(ids, mask, context), expected)
+    assert method.word_aggregation == "max"
+    assert method.settings()["special_token_ids"] == sorted(tok.all_special_ids)
+    assert method.explain(ids, mask, context)[0].metadata["method"] == "diffmask"
+    with pytest.raises(ValueError, match="exactly one"):
+        DiffMaskMethod(model)
+
+
+def test_registry_names_and_errors(setup):
+    tok, model, *_ = setup
+    assert set(METHODS) == {
+        "diffmask",
+        "ig",
+        "saliency",
+        "input_x_gradient",
+        "attention",
+        "leave_one_out",
+        "random",
+    }
+    for name, cls in METHODS.items():
+        if name != "diffmask":
+            assert isinstance(build_method(name, model, **_kwargs(tok, name)), cls)
+            assert cls.name == name
+    with pytest.raises(ValueError) as err:
+        build_method("lime", model)
+    assert all(name in str(err.value) for name in METHODS)
+    assert parse_method_list("diffmask, ig,random,ig") == ["diffmask", "ig", "random"]
+    with pytest.raises(ValueError, match="valid names"):
+        parse_method_list("ig,shap")
+
+
+def test_completeness_error_nan_when_no_difference():
+    from attribution_analysis.methods.integrated_gradients import relative_completeness_error
+
+    out = relative_completeness_error(torch.tensor([0.1, 0.0]), torch.tensor([0.5, 0.0]))
+    assert out[0] == pytest.approx(0.2) and math.isnan(out[1])
