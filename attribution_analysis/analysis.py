@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 import yaml
 
+from attribution_analysis.comparison import run_comparison
 from attribution_analysis.config import AttributionConfig, resolve_path, to_dict
+from attribution_analysis.evaluation.compare import display_rows
 from attribution_analysis.evaluation.plausibility import plausibility_metrics
 from attribution_analysis.methods.diffmask import DIFFMASK
 from attribution_analysis.methods.diffmask.train_diffmask import (
@@ -210,7 +212,6 @@ def run_analysis(
     skip_training: bool = False,
     run_dir: str | Path | None = None,
     quiet: bool = False,
-    comparison: list[dict] | None = None,
 ) -> AnalysisResult:
     """The whole analysis; returns the run folder and summary."""
     seed_everything(config.seed)
@@ -254,6 +255,15 @@ def run_analysis(
         run_dir / "top_words.csv",
         _csv_text(overall, ["word", "mean_score", "kept_share", "kept_count", "count"]),
     )
+    comparison, comparison_plots, rows = None, None, None
+    if any(m != "diffmask" for m in config.compare_methods):
+        names = list(dict.fromkeys(["diffmask", *config.compare_methods]))
+        rows = run_comparison(ws, names, diffmask, run_dir / "comparison", quiet=quiet)
+        comparison = display_rows(rows)
+        comparison_plots = {
+            f"{k} curves": run_dir / "comparison" / f"{k}_curves.png"
+            for k in ("deletion", "insertion")
+        }
     summary = {
         "test": evaluate_records(results, records, diffmask.margin),
         "validation": val,
@@ -261,6 +271,7 @@ def run_analysis(
         "lambda": diffmask.lagrange_multiplier.item(),
         "checkpoint": checkpoint,
         "run_dir": str(run_dir),
+        "comparison": rows,
     }
     atomic_write_json(run_dir / "summary.json", _finite_json(summary))
     write_report(
@@ -272,6 +283,7 @@ def run_analysis(
         top_words=overall,
         training_plots=plots,
         comparison=comparison,
+        comparison_plots=comparison_plots,
     )
     _print_summary(run_dir, summary["test"], overall)
     return AnalysisResult(run_dir, summary, records, comparison)

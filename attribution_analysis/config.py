@@ -187,6 +187,11 @@ def _check_value(name: str, tp: Any, value: Any) -> Any:
         (inner,) = typing.get_args(tp)
         return [_check_value(f"{name}[{i}]", inner, v) for i, v in enumerate(value)]
     if tp is float:
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"'{name}' must be a number, got {value!r}")
         return float(value)
@@ -213,6 +218,12 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"section '{prefix.rstrip('.') or 'root'}' must be a mapping")
     hints = _field_types(cls)
     valid = [f.name for f in dataclasses.fields(cls)]
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(
+            f"config keys must be names, found {bad[0]!r} in {prefix.rstrip('.') or 'top level'}; "
+            f"valid keys: {', '.join(valid)}"
+        )
     unknown = sorted(set(data) - set(valid))
     if unknown:
         where = prefix.rstrip(".") or "top level"

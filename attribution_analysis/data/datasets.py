@@ -72,8 +72,15 @@ class ClickSamples(Dataset):
         elif negatives:
             chosen = [rng.choice(negatives) for _ in range(k)]
         else:
-            chosen = [rng.randrange(1, len(self.table)) for _ in range(k)]
+            chosen = [self._random_other(rng, positive) for _ in range(k)]
         return TrainSample(history, (positive, *chosen))
+
+    def _random_other(self, rng: random.Random, positive: int) -> int:
+        """A random news row other than the padding row and the clicked one."""
+        if len(self.table) <= 2:
+            raise ValueError("need at least two news items to draw negatives")
+        row = rng.randrange(1, len(self.table) - 1)
+        return row if row < positive else row + 1
 
     def __len__(self) -> int:
         return len(self.samples)

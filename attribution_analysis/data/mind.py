@@ -74,8 +74,15 @@ class ReadStats:
         return "; ".join(parts)
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, text)`` of a UTF-8 file, with a clear error for bad bytes."""
+def _fail_or_skip(strict: bool, stats: ReadStats, where: str, reason: str) -> None:
+    if strict:
+        raise DataError(f"{where}: {reason}")
+    stats.skip(reason.split(":")[0].split(" (")[0])
+
+
+def _lines(path: Path, strict: bool, stats: ReadStats) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` of a UTF-8 file; a line with bad bytes raises a clear error
+    (or, with ``strict=False``, is skipped and counted)."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     with path.open("rb") as handle:
@@ -83,19 +90,17 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"{path}:{number}: not valid UTF-8 ({exc.reason} at byte {exc.start}); "
-                    "MIND files must be UTF-8 encoded"
-                ) from None
+                _fail_or_skip(
+                    strict,
+                    stats,
+                    f"{path}:{number}",
+                    f"not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+                    "MIND files must be UTF-8 encoded",
+                )
+                continue
             text = text.rstrip("\r\n")
             if text.strip():
                 yield number, text
-
-
-def _fail_or_skip(strict: bool, stats: ReadStats, where: str, reason: str) -> None:
-    if strict:
-        raise DataError(f"{where}: {reason}")
-    stats.skip(reason.split(":")[0])
 
 
 def read_news(
@@ -108,7 +113,7 @@ def read_news(
     stats = stats if stats is not None else ReadStats()
     news: dict[str, NewsRecord] = {}
     for path in map(Path, paths):
-        for number, line in _lines(path):
+        for number, line in _lines(path, strict, stats):
             cols = line.split("\t")
             if len(cols) != NEWS_COLUMNS:
                 _fail_or_skip(
@@ -179,7 +184,7 @@ def read_behaviors(
     stats = stats if stats is not None else ReadStats()
     path = Path(path)
     impressions = []
-    for number, line in _lines(path):
+    for number, line in _lines(path, strict, stats):
         where = f"{path}:{number}"
         cols = line.split("\t")
         if len(cols) != BEHAVIORS_COLUMNS:

@@ -169,7 +169,7 @@ class SyntheticConfig:
         default=0.1, metadata=_help("share of users that only have dev impressions")
     )
     noise_click_rate: float = field(
-        default=0.1,
+        default=0.05,
         metadata=_help(
             "probability that a click is on a non-interest topic; also the probability that a "
             "non-clicked candidate comes from an interest topic"

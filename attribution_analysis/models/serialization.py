@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from attribution_analysis.config import (
+    TINY_RANDOM,
     AttributionConfig,
     ConfigError,
     ModelConfig,
@@ -28,6 +29,8 @@ from attribution_analysis.models.pretrained import load_language_model
 from attribution_analysis.utils.io import atomic_write, atomic_write_json
 
 FORMAT = "nrms-plm/1"
+ARCHITECTURE_KEYS = ("encoder", "tokenizer", "num_heads", "head_dim", "query_dim")
+TINY_KEYS = ("tiny_hidden_size", "tiny_num_layers", "tiny_num_heads", "tiny_intermediate_size")
 
 
 def build_nrms(config: ModelConfig, vocab_size: int) -> NRMS:
@@ -96,8 +99,9 @@ def load_recommender(path: str | Path, model_config: ModelConfig | None = None) 
     meta = read_recommender_meta(path)
     saved = from_dict(ModelConfig, meta["model"])
     if model_config is not None:
-        keys = ("encoder", "num_heads", "head_dim", "query_dim")
-        diff = [k for k in keys if getattr(saved, k) != getattr(model_config, k)]
+        diff = [k for k in ARCHITECTURE_KEYS if getattr(saved, k) != getattr(model_config, k)]
+        if saved.encoder == TINY_RANDOM:
+            diff += [k for k in TINY_KEYS if getattr(saved, k) != getattr(model_config, k)]
         if diff:
             raise ConfigError(
                 f"{path}: checkpoint was made for another model config (differs in {diff})"

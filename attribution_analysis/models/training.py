@@ -153,6 +153,7 @@ def train_recommender(
         data.train, data.table, config.data.npratio, config.data.max_history, tc.seed
     )
     for epoch in range(start_epoch, tc.epochs):
+        torch.manual_seed(tc.seed * 1000 + epoch)  # dropout depends on the epoch only: resumable
         samples.set_epoch(epoch)
         loader = DataLoader(
             samples,
@@ -194,7 +195,8 @@ def train_recommender(
                     f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                 )
             )
-        if metrics["auc"] > best["auc"]:
+        # Unlabelled dev (NaN AUC): the latest epoch counts as the best.
+        if math.isnan(metrics["auc"]) or metrics["auc"] > best["auc"]:
             best = {**metrics, "epoch": epoch + 1}
             save_recommender(raw, best_dir, config.model, len(tokenizer), {"dev_metrics": best})
         atomic_torch_save(

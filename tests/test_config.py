@@ -1,0 +1,188 @@
+"""Tests of the typed YAML configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from attribution_analysis.config import (
+    AttributionConfig,
+    ConfigError,
+    DataConfig,
+    DiffMaskConfig,
+    ModelConfig,
+    RecommenderConfig,
+    TrainConfig,
+    from_dict,
+    load_config,
+    load_yaml,
+    resolve_path,
+    to_dict,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def test_defaults_and_round_trip() -> None:
+    config = from_dict(RecommenderConfig, {})
+    assert config == RecommenderConfig()
+    assert from_dict(RecommenderConfig, to_dict(config)) == config
+    assert from_dict(RecommenderConfig, None) == config
+    attribution = AttributionConfig()
+    assert from_dict(AttributionConfig, to_dict(attribution)) == attribution
+
+
+def test_nested_values_are_applied() -> None:
+    config = from_dict(
+        RecommenderConfig,
+        {
+            "data": {"max_history": 7, "extra_news_dirs": ["a", "b"], "rationales": None},
+            "model": {"encoder": "tiny-random-bert", "dropout": 0},
+            "train": {"lr": 1, "max_steps_per_epoch": 3, "run_name": None},
+        },
+    )
+    assert config.data.max_history == 7 and config.data.extra_news_dirs == ["a", "b"]
+    assert config.data.rationales is None
+    assert config.model.dropout == 0.0 and isinstance(config.model.dropout, float)
+    assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
+    assert config.train.max_steps_per_epoch == 3
+    assert config.train.epochs == TrainConfig().epochs
+
+
+def test_unknown_top_level_key_lists_valid_keys() -> None:
+    with pytest.raises(ConfigError) as exc:
+        from_dict(RecommenderConfig, {"data": {}, "modle": {}})
+    message = str(exc.value)
+    assert "'modle'" in message and "top level" in message
+    assert "valid keys: data, model, train" in message
+
+
+@pytest.mark.parametrize(
+    ("section", "cls"), [("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)]
+)
+def test_unknown_nested_key_lists_section_keys(section: str, cls) -> None:
+    with pytest.raises(ConfigError) as exc:
+        from_dict(RecommenderConfig, {section: {"bogus_key": 1}})
+    message = str(exc.value)
+    assert f"'{section}.bogus_key'" in message
+    assert "valid keys: " + ", ".join(field_names(cls)) in message
+
+
+def test_unknown_key_two_levels_deep() -> None:
+    with pytest.raises(ConfigError) as exc:
+        from_dict(AttributionConfig, {"diffmask": {"temprature": 0.5}})
+    message = str(exc.value)
+    assert "'diffmask.temprature'" in message
+    assert ", ".join(field_names(DiffMaskConfig)) in message
+
+
+def test_several_unknown_keys_all_named() -> None:
+    with pytest.raises(ConfigError) as exc:
+        from_dict(TrainConfig, {"zeta": 1, "alpha": 2, "epochs": 1})
+    assert "'alpha', 'zeta'" in str(exc.value)
+
+
+def test_non_string_key_rejected_with_config_error() -> None:
+    with pytest.raises(ConfigError):
+        from_dict(RecommenderConfig, {1: "x"})
+
+
+@pytest.mark.parametrize(
+    ("data", "name"),
+    [
+        ({"train": {"epochs": "3"}}, "train.epochs"),
+        ({"train": {"epochs": 2.5}}, "train.epochs"),
+        ({"train": {"epochs": True}}, "train.epochs"),
+        ({"train": {"lr": "fast"}}, "train.lr"),
+        ({"train": {"lr": False}}, "train.lr"),
+        ({"train": {"max_steps_per_epoch": "x"}}, "train.max_steps_per_epoch"),
+        ({"data": {"strict": "yes"}}, "data.strict"),
+        ({"data": {"strict": 1}}, "data.strict"),
+        ({"data": {"train_dir": 5}}, "data.train_dir"),
+        ({"data": {"extra_news_dirs": "dir"}}, "data.extra_news_dirs"),
+        ({"data": {"extra_news_dirs": ["ok", 3]}}, "data.extra_news_dirs[1]"),
+        ({"model": {"encoder": None}}, "model.encoder"),
+        ({"model": 3}, "model"),
+        ({"model": None}, "model"),
+    ],
+)
+def test_wrong_types_rejected(data: dict, name: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        from_dict(RecommenderConfig, data)
+    assert f"'{name}'" in str(exc.value)
+
+
+def test_load_config_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: two\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(RecommenderConfig, path)
+    assert str(exc.value).startswith(str(path))
+    assert "'train.epochs'" in str(exc.value)
+    path.write_text("train:\n  epoch: 2\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(RecommenderConfig, path)
+    assert str(path) in str(exc.value) and "valid keys" in str(exc.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError) as exc:
+        load_config(RecommenderConfig, path)
+    assert str(path) in str(exc.value) and "not found" in str(exc.value)
+
+
+@pytest.mark.parametrize("text", ["train: [1, 2\n", "a: b: c\n", "train:\n\tepochs: 1\n"])
+def test_bad_yaml_names_the_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(RecommenderConfig, path)
+    assert str(path) in str(exc.value) and "YAML" in str(exc.value)
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError) as exc:
+        load_yaml(path)
+    assert str(path) in str(exc.value) and "mapping" in str(exc.value)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(RecommenderConfig, empty) == RecommenderConfig()
+
+
+def test_yaml_file_loads(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text(
+        "model:\n  encoder: tiny-random-bert\n  num_heads: 2\ntrain:\n  lr: 0.003\n  seed: 4\n"
+    )
+    config = load_config(RecommenderConfig, path)
+    assert config.model.num_heads == 2 and config.train.lr == 0.003 and config.train.seed == 4
+
+
+def test_relative_paths_resolve_against_working_directory(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert resolve_path("data/x") == tmp_path.resolve() / "data" / "x"
+    assert resolve_path("/abs/y") == Path("/abs/y")
+    assert resolve_path("~/z") == Path(os.path.expanduser("~/z")).resolve()
+
+
+SHIPPED = sorted((REPO / "configs").rglob("*.yaml")) + sorted((REPO / "configs").rglob("*.yml"))
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped configs under configs/")
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
+def test_shipped_configs_load(path: Path) -> None:
+    cls = AttributionConfig if "attribution" in path.parts else RecommenderConfig
+    config = load_config(cls, path)
+    assert isinstance(config, cls)
+    if isinstance(config, AttributionConfig):
+        assert (REPO / config.model_config).is_file(), config.model_config
