@@ -119,6 +119,8 @@ class DiffMaskConfig:
     lr_probe: float = 1e-3
     lr_baseline: float = 1e-3
     lr_lambda: float = 1e-2
+    probe_init_bias: float = 5.0
+    constraint: str = "per_example"
     lambda_init: float = 1.0
     lambda_max: float = 200.0
     warmup_steps: int = 0

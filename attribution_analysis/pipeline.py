@@ -74,6 +74,9 @@ class Workspace:
             special_token_ids=self.tokenizer.all_special_ids,
             mask_token_id=self.tokenizer.mask_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
+            probe_init_bias=d.probe_init_bias,
+            constraint=d.constraint,
+            target_within_margin=d.target_within_margin,
             lambda_init=d.lambda_init,
             lambda_max=d.lambda_max,
         )

@@ -42,6 +42,7 @@ from attribution_analysis.methods.result import AttributionResult, library_versi
 PROBE_TYPES = ("simple", "layerwise")
 READOUTS = ("keep_probability", "sigmoid", "deterministic")
 BASELINE_INITS = ("mask", "zeros", "pad")
+CONSTRAINTS = ("per_example", "mean")
 
 
 @dataclass
@@ -87,6 +88,12 @@ class DIFFMASK(nn.Module):
         special_token_ids: ids never masked nor scored (e.g. [CLS], [SEP]).
         mask_token_id, pad_token_id: used to initialise the baseline.
         lambda_init, lambda_max: the Lagrange multiplier's start and upper clamp.
+        probe_hidden_dim: width of each probe's hidden layer (default ``hidden_dim // 2``).
+        probe_init_bias: the probes' initial logit; at 5 (the original) every gate starts open
+            with P(z != 0) ~ 0.999, at 3 gates still start open (P ~ 0.99) and learn faster.
+        constraint: ``per_example`` (default) or ``mean`` (see :meth:`lagrangian`).
+        target_within_margin: share of examples that must lie within the margin (the
+            ``per_example`` dual target, also used for checkpoint selection).
     """
 
     def __init__(
@@ -110,6 +117,9 @@ class DIFFMASK(nn.Module):
         lambda_init: float = 1.0,
         lambda_max: float = 200.0,
         probe_hidden_dim: int | None = None,
+        probe_init_bias: float = 5.0,
+        constraint: str = "per_example",
+        target_within_margin: float = 0.9,
     ) -> None:
         super().__init__()
         adapter = make_adapter(model)
@@ -122,6 +132,10 @@ class DIFFMASK(nn.Module):
         hidden_dim = adapter.hidden_size
         self._check_choices(probe_type, readout, baseline_init, mask_layer, adapter)
         divergence = adapter.check_divergence(divergence or adapter.default_divergence)
+        if constraint not in CONSTRAINTS:
+            raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {constraint!r}")
+        if not 0 < target_within_margin <= 1:
+            raise ValueError(f"target_within_margin must be in (0, 1], got {target_within_margin}")
         if constraint_margin <= 0:
             raise ValueError(f"constraint_margin must be > 0, got {constraint_margin}")
         if not 0 <= lambda_init <= lambda_max:
@@ -145,6 +159,9 @@ class DIFFMASK(nn.Module):
             "lambda_init": float(lambda_init),
             "lambda_max": float(lambda_max),
             "probe_hidden_dim": probe_hidden_dim,
+            "probe_init_bias": float(probe_init_bias),
+            "constraint": constraint,
+            "target_within_margin": float(target_within_margin),
             "explained_model": adapter.name,
         }
         self.gates = StochasticGates(temperature=temperature, stretch=stretch)
@@ -169,7 +186,9 @@ class DIFFMASK(nn.Module):
 
     def _build_probe(self, adapter: ExplainedModel, probe_hidden_dim: int | None) -> nn.Module:
         s = self.settings
-        kwargs = {"hidden_dim": probe_hidden_dim} if probe_hidden_dim else {}
+        kwargs = {"init_bias": s["probe_init_bias"]}
+        if probe_hidden_dim:
+            kwargs["hidden_dim"] = probe_hidden_dim
         if s["probe_type"] == "simple":
             layer = s["probe_layer"]
             if layer is None:
@@ -268,11 +287,30 @@ class DIFFMASK(nn.Module):
         )
 
     def lagrangian(self, step: DiffMaskStep) -> torch.Tensor:
-        """``mean(L0) + lambda * mean(D - margin)``: minimised by probe and baseline, maximised
-        by lambda (its gradient is ascended by the trainer and lambda clamped to
-        ``[0, lambda_max]``). D is computed per example before averaging."""
-        constraint = (step.divergence - self.margin).mean()
-        return step.l0.mean() + self.lagrange_multiplier * constraint
+        """The loss minimised by probe and baseline (D is computed per example):
+
+        * ``constraint="per_example"`` (default): ``mean(L0) + lambda * mean_i max(D_i - m, 0)``;
+          only examples outside the margin push the gates open, so the constraint is met
+          example by example rather than on average.
+        * ``constraint="mean"`` (the original DIFFMASK form): ``mean(L0) + lambda * mean(D - m)``.
+        """
+        excess = step.divergence - self.margin
+        if self.settings["constraint"] == "per_example":
+            excess = excess.clamp(min=0.0)
+        return step.l0.mean() + self.lagrange_multiplier * excess.mean()
+
+    def dual_signal(self, step: DiffMaskStep) -> torch.Tensor:
+        """The ascent direction of lambda (its "gradient").
+
+        ``mean``: ``mean(D - m)``, the gradient of :meth:`lagrangian` in lambda.
+        ``per_example``: ``share(D_i > m) - (1 - target_within_margin)``, dual ascent on the
+        chance constraint "at least ``target_within_margin`` of the examples lie within the
+        margin": lambda grows while too many examples are outside and shrinks otherwise.
+        """
+        if self.settings["constraint"] == "per_example":
+            violating = (~step.within_margin).float().mean()
+            return violating - (1.0 - self.settings["target_within_margin"])
+        return (step.divergence - self.margin).mean().detach()
 
     def clamp_multiplier(self) -> None:
         """Keep lambda in ``[0, lambda_max]`` (bounded, never an unbounded exp)."""

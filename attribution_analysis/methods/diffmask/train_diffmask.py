@@ -6,9 +6,9 @@ checkpoints, load them back, and extract attributions.
 (``lr_lambda``), lambda clamped to ``[0, lambda_max]`` after every step. The explained model is
 frozen (no gradient reaches its weights) and in eval mode (dropout off). A checkpoint is written
 atomically every epoch to ``<output_dir>/checkpoints/diffmask_epoch_<N>.pt``; the sparsest
-epoch whose validation share of satisfied examples (divergence within the margin and the same
-decision) reaches ``target_within_margin`` is copied to ``checkpoints/best.pt`` and loaded at the
-end.
+epoch whose validation share of examples within the margin reaches ``target_within_margin``
+(the share that also keeps the same decision is reported beside it) is copied to
+``checkpoints/best.pt`` and loaded at the end.
 """
 
 from __future__ import annotations
@@ -194,6 +194,7 @@ def _train_step(diffmask, batch, device, optimizers, scheduler, grad_clip, gen, 
     for opt in optimizers.values():
         opt.zero_grad(set_to_none=True)
     loss.backward()
+    diffmask.lagrange_multiplier.grad = diffmask.dual_signal(step).reshape(()).detach()
     params = [p for g in ("probe", "baseline") if g in optimizers for p in _params(optimizers[g])]
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
     for opt in optimizers.values():
@@ -218,6 +219,17 @@ def _latest(ckpt_dir: Path) -> Path | None:
         ckpt_dir.glob("diffmask_epoch_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1])
     )
     return found[-1] if found else None
+
+
+def _check_same_settings(saved: dict, current: dict, path: Path) -> None:
+    """Resuming continues the same run: refuse a run folder trained with other settings."""
+    keys = sorted((set(saved) | set(current)) - {"baseline_used"})
+    diff = [k for k in keys if saved.get(k) != current.get(k)]
+    if diff:
+        raise ValueError(
+            f"{path}: this run folder was trained with other DIFFMASK settings "
+            f"({', '.join(diff)}); use a new run folder"
+        )
 
 
 def _restore(diffmask, optimizers, scheduler, gen, blob) -> TrainingHistory:
@@ -245,7 +257,7 @@ def train_diffmask(
     output_dir: str | Path | None = None,
     warmup_steps: int = 0,
     grad_clip: float = 1.0,
-    target_within_margin: float = 0.9,
+    target_within_margin: float | None = None,
     seed: int = 0,
     resume: bool = True,
     mixed_precision: str = "no",
@@ -260,6 +272,7 @@ def train_diffmask(
     :class:`TrainingHistory`; ``diffmask`` ends in eval mode holding the selected checkpoint.
     """
     seed_everything(seed)
+    target = target_within_margin or diffmask.settings["target_within_margin"]
     accelerator = make_accelerator(device, mixed_precision)
     device_t = accelerator.device
     run_dir = Path(output_dir) if output_dir else default_run_dir()
@@ -277,6 +290,7 @@ def train_diffmask(
     if latest is not None:
         blob = _read_checkpoint(latest)
         check_compatible(blob, model, latest)
+        _check_same_settings(blob["settings"], diffmask.settings, latest)
         history = _restore(diffmask, optimizers, scheduler, gen, blob)
         history.run_dir, start = run_dir, blob["epoch"]
         if not quiet:
@@ -323,7 +337,7 @@ def train_diffmask(
             if val_loader is not None:
                 val = validate(diffmask, val_loader, device_t)
                 summary.update({f"val_{k}": v for k, v in val.items()})
-                if val["satisfied"] >= target_within_margin and val["l0"] < best_l0:
+                if val["within_margin"] >= target and val["l0"] < best_l0:
                     best_l0, history.best_epoch = val["l0"], epoch
             history.epochs.append(summary)
             if not quiet:
@@ -346,7 +360,7 @@ def train_diffmask(
         diffmask.load_state_dict(_read_checkpoint(history.best_checkpoint)["state"])
     elif val_loader is not None and not quiet:
         print(
-            f"[diffmask] no epoch reached a validation share of {target_within_margin:.0%} "
+            f"[diffmask] no epoch reached a validation share of {target:.0%} "
             "satisfied examples: keeping the last epoch"
         )
     if save_checkpoints:

@@ -1,0 +1,355 @@
+"""DIFFMASK on tiny models: frozen explained model, padding, batching, resume, a known answer,
+the classifier adapter, checkpoints refused for other models, NaN handling, bounded lambda."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import BertConfig, BertForSequenceClassification
+
+from attribution_analysis.data.explanation_set import ExplanationSet, select_examples
+from attribution_analysis.data.loading import load_mind_data
+from attribution_analysis.methods.diffmask import DIFFMASK
+from attribution_analysis.methods.diffmask.train_diffmask import (
+    TrainingDiverged,
+    extract_attributions_diffmask,
+    load_diffmask_checkpoint,
+    train_diffmask,
+)
+from attribution_analysis.methods.explained_model import ExplainedModel, ModelOutput
+from attribution_analysis.methods.result import AttributionResult, read_results_jsonl
+from attribution_analysis.models.inference import encode_news_table
+from attribution_analysis.models.serialization import build_nrms
+from tests.helpers_foundation import data_config, make_corpus, tiny_config, tiny_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dm")
+    corpus = make_corpus(root / "corpus")
+    tok = tiny_tokenizer()
+    data = load_mind_data(data_config(corpus, root / "cache"), tok)
+    torch.manual_seed(0)
+    model = build_nrms(tiny_config(), len(tok)).eval()
+    vectors = encode_news_table(model, data.table)
+    return tok, data, model, vectors
+
+
+def _loader(setup, n, seed=0, batch_size=8, shuffle=False):
+    tok, data, model, vectors = setup
+    ds = ExplanationSet(select_examples(data.train, n, seed=seed), data.table, vectors)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=ds.collate)
+
+
+def _diffmask(setup, **kw):
+    tok, _, model, _ = setup
+    torch.manual_seed(0)
+    return DIFFMASK(
+        model,
+        special_token_ids=tok.all_special_ids,
+        mask_token_id=tok.mask_token_id,
+        pad_token_id=tok.pad_token_id,
+        **kw,
+    )
+
+
+def _attr(dm, batch):
+    return dm.get_attributions(
+        batch["input_ids"], batch["attention_mask"], batch["history_emb"], batch["history_mask"]
+    )
+
+
+def test_model_weights_unchanged_and_lambda_bounded(setup, tmp_path):
+    model = setup[2]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    dm = _diffmask(setup, probe_type="layerwise", lambda_max=3.0)
+    history = train_diffmask(
+        dm,
+        _loader(setup, 32, shuffle=True),
+        n_epochs=2,
+        lr_lambda=5.0,
+        output_dir=tmp_path,
+        quiet=True,
+    )
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(0.0 <= s["lambda"] <= 3.0 for s in history.steps)
+    assert not model.training
+
+
+def test_padding_and_special_tokens_score_zero(setup):
+    dm = _diffmask(setup, probe_type="layerwise").eval()
+    batch = next(iter(_loader(setup, 8)))
+    scores = _attr(dm, batch)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert (scores[mask == 0] == 0).all()
+    special = torch.isin(ids, torch.tensor(setup[0].all_special_ids))
+    assert (scores[special] == 0).all()
+    assert (scores[~special & mask.bool()] > 0).all()
+
+
+def test_batched_and_one_by_one_agree(setup):
+    dm = _diffmask(setup, probe_type="layerwise").eval()
+    batch = next(iter(_loader(setup, 8)))
+    full = _attr(dm, batch)
+    for i in range(len(full)):
+        n = int(batch["attention_mask"][i].sum())
+        h = int(batch["history_mask"][i].sum())
+        one = dm.get_attributions(
+            batch["input_ids"][i : i + 1, :n],
+            batch["attention_mask"][i : i + 1, :n],
+            batch["history_emb"][i : i + 1, : max(h, 1)],
+            batch["history_mask"][i : i + 1, : max(h, 1)],
+        )
+        torch.testing.assert_close(one[0], full[i, :n], atol=1e-5, rtol=0)
+
+
+def test_resume_equals_uninterrupted(setup, tmp_path):
+    def run(out, epochs):
+        dm = _diffmask(setup, probe_type="simple")
+        torch.manual_seed(0)
+        train_diffmask(
+            dm,
+            _loader(setup, 24, shuffle=True),
+            n_epochs=epochs,
+            output_dir=out,
+            quiet=True,
+            val_loader=_loader(setup, 8, seed=1),
+        )
+        return dm
+
+    full = run(tmp_path / "a", 3)
+    run(tmp_path / "b", 1)  # "interrupted" after epoch 1
+    resumed = run(tmp_path / "b", 3)
+    for (k, v), (_, w) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(v, w, atol=0, rtol=0, msg=k)
+    assert (tmp_path / "b" / "checkpoints" / "diffmask_epoch_3.pt").is_file()
+
+
+def test_checkpoint_roundtrip_and_foreign_model_refused(setup, tmp_path):
+    tok, _, model, _ = setup
+    dm = _diffmask(setup, probe_type="simple")
+    train_diffmask(dm, _loader(setup, 16), n_epochs=1, output_dir=tmp_path, quiet=True)
+    path = tmp_path / "checkpoints" / "diffmask_epoch_1.pt"
+    loaded = load_diffmask_checkpoint(path, model)
+    batch = next(iter(_loader(setup, 8)))
+    torch.testing.assert_close(_attr(loaded, batch), _attr(dm.eval(), batch))
+
+    torch.manual_seed(123)
+    other = build_nrms(tiny_config(), len(tok)).eval()  # same architecture, other weights
+    with pytest.raises(ValueError, match="other model weights"):
+        load_diffmask_checkpoint(path, other)
+    wider = build_nrms(tiny_config(tiny_hidden_size=48), len(tok)).eval()
+    with pytest.raises(ValueError, match="hidden size 32"):
+        load_diffmask_checkpoint(path, wider)
+    clf = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=50,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+    )
+    with pytest.raises(ValueError, match="explains a 'nrms' model"):
+        load_diffmask_checkpoint(path, clf)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(setup, tmp_path, monkeypatch):
+    dm = _diffmask(setup, probe_type="simple")
+    loader = _loader(setup, 16)
+    train_diffmask(dm, loader, n_epochs=1, output_dir=tmp_path, quiet=True)
+    real = dm.adapter.divergence
+
+    def broken(*args, **kwargs):
+        return real(*args, **kwargs) * float("nan")
+
+    monkeypatch.setattr(dm.adapter, "divergence", broken)
+    with pytest.raises(TrainingDiverged, match="diffmask_epoch_1.pt"):
+        train_diffmask(dm, loader, n_epochs=2, output_dir=tmp_path, quiet=True)
+    assert not (tmp_path / "checkpoints" / "diffmask_epoch_2.pt").exists()
+    blob = torch.load(tmp_path / "checkpoints" / "diffmask_epoch_1.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in blob["state"].values())
+
+
+def test_readouts_and_keep_probability_closed_form(setup):
+    dm = _diffmask(setup, probe_type="layerwise").eval()
+    batch = next(iter(_loader(setup, 4)))
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    keep = _attr(dm, batch)
+    words = dm.adapter.embed(ids)
+    ctx = {"history_emb": batch["history_emb"], "history_mask": batch["history_mask"]}
+    hidden = dm.adapter.forward(words, mask, ctx, output_hidden_states=True).hidden_states
+    log_alpha = dm.probe.log_alpha(hidden)
+    gamma, zeta, beta = -0.1, 1.1, 2 / 3
+    expected = torch.sigmoid(log_alpha - beta * math.log(-gamma / zeta)).prod(0)
+    scorable = dm.scorable_mask(ids, mask)
+    torch.testing.assert_close(keep[scorable], expected[scorable], atol=1e-6, rtol=1e-5)
+    det = dm.get_attributions(ids, mask, **ctx, readout="deterministic")
+    assert ((det >= 0) & (det <= 1)).all()
+    with pytest.raises(ValueError, match="readout"):
+        dm.get_attributions(ids, mask, **ctx, readout="nope")
+
+
+def test_extraction_streams_results_to_jsonl(setup, tmp_path):
+    tok = setup[0]
+    dm = _diffmask(setup, probe_type="simple")
+    out = tmp_path / "attr.jsonl"
+    results = extract_attributions_diffmask(
+        dm, _loader(setup, 20), n_samples=13, tokenizer=tok, output_path=out, quiet=True
+    )
+    assert len(results) == 13
+    back = read_results_jsonl(out)
+    assert [r.to_dict() for r in back] == [r.to_dict() for r in results]
+    r = results[0]
+    assert r.tokens[0] == "[CLS]" and r.token_scores[0] == 0.0
+    assert set(r.ids) >= {"impression_id", "user_id", "news_id"}
+    assert r.metadata["method"] == "diffmask" and "torch" in r.metadata["versions"]
+    assert AttributionResult.from_json(r.to_json()) == r
+    none_kept = extract_attributions_diffmask(
+        dm,
+        _loader(setup, 20),
+        n_samples=5,
+        tokenizer=tok,
+        output_path=tmp_path / "b.jsonl",
+        return_results=False,
+        quiet=True,
+    )
+    assert none_kept == [] and len((tmp_path / "b.jsonl").read_text().splitlines()) == 5
+
+
+def test_hidden_state_mode_probes_never_read_above_masked_layer(setup):
+    dm = _diffmask(setup, probe_type="layerwise", mask_layer=1)
+    assert dm.settings["num_probe_layers"] == 2
+    with pytest.raises(ValueError, match="above the masked one"):
+        _diffmask(setup, probe_type="layerwise", mask_layer=1, num_probe_layers=3)
+    with pytest.raises(ValueError, match="above the masked one"):
+        _diffmask(setup, probe_type="simple", mask_layer=1, probe_layer=2)
+    batch = next(iter(_loader(setup, 4)))
+    dm.train()
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    ctx = {"history_emb": batch["history_emb"], "history_mask": batch["history_mask"]}
+    step = dm.step(ids, mask, ctx)
+    assert step.divergence.shape == (4,) and torch.isfinite(step.divergence).all()
+
+
+# ---------------------------------------------------------------- a model with a known answer
+class KeyTokenModel(ExplainedModel):
+    """Logit = 6 * (number of KEY tokens) - 3 over one-hot word embeddings: only KEY matters."""
+
+    name = "key_token"
+    divergences = ("bernoulli_kl",)
+    default_divergence = "bernoulli_kl"
+    KEY = 3
+
+    def __init__(self) -> None:
+        super().__init__(nn.Embedding.from_pretrained(torch.eye(8)))
+
+    hidden_size = 8
+    num_layers = 1
+
+    def embed(self, input_ids):
+        return self.model(input_ids)
+
+    def forward(
+        self, word_embeddings, attention_mask, context, output_hidden_states=False, edit=None
+    ):
+        x = word_embeddings * attention_mask[..., None]
+        logit = 6.0 * x[..., self.KEY].sum(-1) - 3.0
+        hidden = (word_embeddings, word_embeddings) if output_hidden_states else None
+        return ModelOutput(logit, hidden)
+
+    def divergence(self, original, masked, context, kind):
+        from attribution_analysis.methods.explained_model import bernoulli_kl_from_logits
+
+        return bernoulli_kl_from_logits(original, masked)
+
+    def agreement(self, original, masked, context, kind):
+        return (original > 0) == (masked > 0)
+
+    def explained_output(self, output, context):
+        return torch.sigmoid(output)
+
+    def explained_logit(self, output, context):
+        return output
+
+
+def test_learns_to_keep_exactly_the_decisive_token(tmp_path):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 8, (64, 6), generator=g)
+    ids[torch.arange(64), torch.randint(0, 6, (64,), generator=g)] = KeyTokenModel.KEY
+    batches = [
+        {"input_ids": ids[i : i + 16], "attention_mask": torch.ones(16, 6, dtype=torch.long)}
+        for i in range(0, 64, 16)
+    ]
+    dm = DIFFMASK(
+        KeyTokenModel(),
+        probe_type="simple",
+        baseline_init="zeros",
+        learn_baseline=False,
+        constraint_margin=0.05,
+    )
+    train_diffmask(
+        dm,
+        batches,
+        n_epochs=60,
+        lr_probe=3e-2,
+        lr_lambda=0.1,
+        output_dir=tmp_path,
+        quiet=True,
+        save_checkpoints=False,
+    )
+    scores = dm.get_attributions(ids, torch.ones_like(ids), readout="deterministic")
+    is_key = ids == KeyTokenModel.KEY
+    assert (scores[is_key] == 1).all(), scores[is_key]
+    assert (scores[~is_key] == 0).all(), scores[~is_key].max()
+
+
+# ---------------------------------------------------------------- the classifier adapter
+def test_sequence_classifier_adapter(tmp_path):
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
+        max_position_embeddings=32,
+    )
+    clf = BertForSequenceClassification(config).eval()
+    ids = torch.randint(5, 40, (12, 7))
+    mask = torch.ones_like(ids)
+    mask[:4, 5:] = 0
+    batches = [{"input_ids": ids[i : i + 4], "attention_mask": mask[i : i + 4]} for i in (0, 4, 8)]
+    dm = DIFFMASK(clf, hidden_dim=16, probe_type="layerwise", special_token_ids=[0, 1, 2])
+    assert dm.settings["divergence"] == "categorical_kl"
+    before = {k: v.clone() for k, v in clf.state_dict().items()}
+    history = train_diffmask(dm, batches, n_epochs=2, output_dir=tmp_path, quiet=True)
+    assert len(history.steps) == 6
+    assert all(torch.equal(v, before[k]) for k, v in clf.state_dict().items())
+    scores = dm.get_attributions(ids, mask)
+    assert scores.shape == (12, 7) and (scores[:4, 5:] == 0).all()
+    results = dm.explain(ids[:2], mask[:2], {})
+    assert 0 <= results[0].original_output <= 1 and results[0].divergence >= 0
+    with pytest.raises(ValueError, match="hidden size"):
+        DIFFMASK(clf, hidden_dim=32)
+    loaded = load_diffmask_checkpoint(tmp_path / "checkpoints" / "diffmask_epoch_2.pt", clf)
+    torch.testing.assert_close(loaded.get_attributions(ids, mask), scores)
+    assert json.loads((tmp_path / "training_history.json").read_text())["epochs"]
