@@ -143,8 +143,7 @@ def train_recommender(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
-        if not quiet:
-            print(f"[train] resumed from {latest} (epoch {state['epoch'] + 1} done)")
+        print(f"[train] resumed from {latest} (epoch {state['epoch'] + 1} done)")
 
     lower_cache = (
         build_lower_cache(raw, data.table) if raw.news_encoder.caches_lower_layers else None

@@ -232,7 +232,7 @@ def _check_same_settings(saved: dict, current: dict, path: Path) -> None:
         )
 
 
-def _restore(diffmask, optimizers, scheduler, gen, blob) -> TrainingHistory:
+def _restore(diffmask, optimizers, scheduler, gen, blob, ckpt_dir: Path) -> TrainingHistory:
     diffmask.load_state_dict(blob["state"])
     for k, opt in optimizers.items():
         opt.load_state_dict(blob["optimizers"][k])
@@ -241,7 +241,7 @@ def _restore(diffmask, optimizers, scheduler, gen, blob) -> TrainingHistory:
     saved = json.loads(blob["history"])
     history = TrainingHistory(saved["steps"], saved["epochs"], None, saved["best_epoch"])
     if saved["best_checkpoint"]:
-        history.best_checkpoint = Path(saved["best_checkpoint"])
+        history.best_checkpoint = ckpt_dir / "best.pt"
     return history
 
 
@@ -291,10 +291,9 @@ def train_diffmask(
         blob = _read_checkpoint(latest)
         check_compatible(blob, model, latest)
         _check_same_settings(blob["settings"], diffmask.settings, latest)
-        history = _restore(diffmask, optimizers, scheduler, gen, blob)
+        history = _restore(diffmask, optimizers, scheduler, gen, blob, ckpt_dir)
         history.run_dir, start = run_dir, blob["epoch"]
-        if not quiet:
-            print(f"[diffmask] resumed from {latest}")
+        print(f"[diffmask] resumed from {latest}")
     best_l0 = min(
         (e["val_l0"] for e in history.epochs if e.get("epoch") == history.best_epoch),
         default=math.inf,
