@@ -16,8 +16,10 @@ from attribution_analysis.evaluation.compare import (
     mean_curves,
 )
 from attribution_analysis.evaluation.removal import OPERATIONS
+from attribution_analysis.evaluation.sanity import sanity_check
 from attribution_analysis.methods.base import AttributionMethod
 from attribution_analysis.methods.diffmask import DIFFMASK
+from attribution_analysis.methods.diffmask.train_diffmask import rebind_diffmask
 from attribution_analysis.methods.registry import build_method
 from attribution_analysis.methods.result import merge_subwords
 from attribution_analysis.pipeline import Workspace, gold_token_labels, split_examples
@@ -26,9 +28,14 @@ from attribution_analysis.utils.io import atomic_write_json, atomic_write_text
 
 
 def build_methods(
-    ws: Workspace, names: list[str], diffmask: DIFFMASK | None, ig_steps: int
+    ws: Workspace,
+    names: list[str],
+    diffmask: DIFFMASK | None,
+    ig_steps: int,
+    model=None,
 ) -> dict[str, AttributionMethod]:
-    """Instantiate the named methods for the workspace's recommender."""
+    """Instantiate the named methods for the workspace's recommender (or ``model``)."""
+    model = model if model is not None else ws.model
     tok = ws.tokenizer
     common = {"special_token_ids": tok.all_special_ids, "seed": ws.config.seed}
     ids = {"pad_token_id": tok.pad_token_id, "mask_token_id": tok.mask_token_id}
@@ -37,13 +44,13 @@ def build_methods(
         if name == "diffmask":
             if diffmask is None:
                 raise ValueError("diffmask requested but no DIFFMASK given")
-            methods[name] = build_method(name, ws.model, diffmask=diffmask, seed=ws.config.seed)
+            methods[name] = build_method(name, model, diffmask=diffmask, seed=ws.config.seed)
         elif name == "ig":
-            methods[name] = build_method(name, ws.model, n_steps=ig_steps, **common, **ids)
+            methods[name] = build_method(name, model, n_steps=ig_steps, **common, **ids)
         elif name == "leave_one_out":
-            methods[name] = build_method(name, ws.model, **common, **ids)
+            methods[name] = build_method(name, model, **common, **ids)
         else:
-            methods[name] = build_method(name, ws.model, **common)
+            methods[name] = build_method(name, model, **common)
     return methods
 
 
@@ -59,6 +66,31 @@ def gold_lookup(ws: Workspace):
         return gold_token_labels(merged, index, len(ids), words)
 
     return gold_for
+
+
+SANITY_EXAMPLES = 32
+SANITY_LAYERS = 2
+
+
+def sanity_rows(ws: Workspace, names: list[str], diffmask, examples) -> dict[str, float]:
+    """Mean Spearman correlation of each method's attributions before and after randomising the
+    news encoder's top PLM layers and head (Adebayo et al. 2018; lower = depends on the model)."""
+    out = {}
+    for name in names:
+
+        def factory(model, name=name):
+            dm = rebind_diffmask(diffmask, model) if name == "diffmask" else None
+            return build_methods(ws, [name], dm, ws.config.ig_steps, model)[name]
+
+        result = sanity_check(
+            factory,
+            ws.model,
+            ws.loader(examples),
+            n_layers=SANITY_LAYERS,
+            seed=ws.config.seed,
+        )
+        out[name] = result["spearman_mean"]
+    return out
 
 
 def run_comparison(
@@ -85,6 +117,9 @@ def run_comparison(
         quiet=quiet,
     )
     rows = comparison_table(evals, seed=ws.config.seed)
+    sanity = sanity_rows(ws, names, diffmask, test[:SANITY_EXAMPLES])
+    for row in rows:
+        row["sanity_spearman"] = sanity[row["method"]]
     table = markdown_table(rows)
     note = f"\nRemoval operation: `{removal}` ({OPERATIONS[removal]}). Examples: {len(test)}.\n"
     atomic_write_text(out_dir / "comparison.md", table + note)

@@ -37,6 +37,7 @@ TABLE_METRICS = (
     "gini",
     "seconds_per_example",
     "completeness_error",
+    "sanity_spearman",
 )
 
 
@@ -150,6 +151,8 @@ def comparison_table(evals: dict[str, MethodEvaluation], seed: int = 0) -> list[
         row: dict = {"method": name, "n_examples": len(ev.values.get("gini", []))}
         for metric in TABLE_METRICS:
             values = ev.values.get(metric)
+            if metric == "sanity_spearman":
+                continue
             if not values:
                 continue
             mean, low, high = _cell(values, seed)
@@ -161,6 +164,8 @@ def comparison_table(evals: dict[str, MethodEvaluation], seed: int = 0) -> list[
 
 
 def _fmt(row: dict, metric: str) -> str:
+    if metric == "sanity_spearman" and row.get(metric) is not None:
+        return f"{row[metric]:.3f}"
     if metric not in row or row[metric] is None or not math.isfinite(row[metric]):
         return "—"
     if metric == "seconds_per_example":

@@ -139,17 +139,25 @@ def check_compatible(blob: dict, model: nn.Module | ExplainedModel, path: str | 
         )
 
 
+def _from_settings(model, settings: dict, state: dict) -> DIFFMASK:
+    kwargs = {k: v for k, v in settings.items() if k not in ("explained_model", "baseline_used")}
+    diffmask = DIFFMASK(model, **kwargs)
+    diffmask.load_state_dict(state)
+    diffmask.settings["baseline_used"] = settings.get("baseline_used")
+    return diffmask.to(next(diffmask.adapter.model.parameters()).device).eval()
+
+
 def load_diffmask_checkpoint(path: str | Path, model: nn.Module | ExplainedModel) -> DIFFMASK:
     """A DIFFMASK (eval mode) from a checkpoint, after checking it was made for ``model``."""
     blob = _read_checkpoint(path)
     check_compatible(blob, model, path)
-    settings = {
-        k: v for k, v in blob["settings"].items() if k not in ("explained_model", "baseline_used")
-    }
-    diffmask = DIFFMASK(model, **settings)
-    diffmask.load_state_dict(blob["state"])
-    diffmask.settings["baseline_used"] = blob["settings"].get("baseline_used")
-    return diffmask.to(next(diffmask.adapter.model.parameters()).device).eval()
+    return _from_settings(model, blob["settings"], blob["state"])
+
+
+def rebind_diffmask(diffmask: DIFFMASK, model: nn.Module | ExplainedModel) -> DIFFMASK:
+    """The same trained probe and baseline applied to another model of the same shape (used by
+    the sanity check, which randomises the explained model's weights)."""
+    return _from_settings(model, diffmask.settings, diffmask.state_dict())
 
 
 # ---------------------------------------------------------------------- training
