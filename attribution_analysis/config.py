@@ -116,11 +116,12 @@ class DiffMaskConfig:
     readout: str = "keep_probability"
     mask_layer: int = 0
     n_epochs: int = 10
-    lr_probe: float = 1e-3
+    lr_probe: float = 1e-2
     lr_baseline: float = 1e-3
-    lr_lambda: float = 1e-2
-    probe_init_bias: float = 5.0
+    lr_lambda: float = 0.5
+    probe_init_bias: float = 3.0
     constraint: str = "per_example"
+    within_margin_goal: float = 0.95
     lambda_init: float = 1.0
     lambda_max: float = 200.0
     warmup_steps: int = 0

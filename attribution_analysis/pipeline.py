@@ -76,7 +76,7 @@ class Workspace:
             pad_token_id=self.tokenizer.pad_token_id,
             probe_init_bias=d.probe_init_bias,
             constraint=d.constraint,
-            target_within_margin=d.target_within_margin,
+            within_margin_goal=d.within_margin_goal,
             lambda_init=d.lambda_init,
             lambda_max=d.lambda_max,
         )

@@ -92,8 +92,9 @@ class DIFFMASK(nn.Module):
         probe_init_bias: the probes' initial logit; at 5 (the original) every gate starts open
             with P(z != 0) ~ 0.999, at 3 gates still start open (P ~ 0.99) and learn faster.
         constraint: ``per_example`` (default) or ``mean`` (see :meth:`lagrangian`).
-        target_within_margin: share of examples that must lie within the margin (the
-            ``per_example`` dual target, also used for checkpoint selection).
+        within_margin_goal: share of examples the ``per_example`` dual aims to keep within the
+            margin (set above the selection target of ``train_diffmask`` to leave slack for
+            unseen examples).
     """
 
     def __init__(
@@ -117,9 +118,9 @@ class DIFFMASK(nn.Module):
         lambda_init: float = 1.0,
         lambda_max: float = 200.0,
         probe_hidden_dim: int | None = None,
-        probe_init_bias: float = 5.0,
+        probe_init_bias: float = 3.0,
         constraint: str = "per_example",
-        target_within_margin: float = 0.9,
+        within_margin_goal: float = 0.95,
     ) -> None:
         super().__init__()
         adapter = make_adapter(model)
@@ -134,8 +135,8 @@ class DIFFMASK(nn.Module):
         divergence = adapter.check_divergence(divergence or adapter.default_divergence)
         if constraint not in CONSTRAINTS:
             raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {constraint!r}")
-        if not 0 < target_within_margin <= 1:
-            raise ValueError(f"target_within_margin must be in (0, 1], got {target_within_margin}")
+        if not 0 < within_margin_goal <= 1:
+            raise ValueError(f"within_margin_goal must be in (0, 1], got {within_margin_goal}")
         if constraint_margin <= 0:
             raise ValueError(f"constraint_margin must be > 0, got {constraint_margin}")
         if not 0 <= lambda_init <= lambda_max:
@@ -161,7 +162,7 @@ class DIFFMASK(nn.Module):
             "probe_hidden_dim": probe_hidden_dim,
             "probe_init_bias": float(probe_init_bias),
             "constraint": constraint,
-            "target_within_margin": float(target_within_margin),
+            "within_margin_goal": float(within_margin_goal),
             "explained_model": adapter.name,
         }
         self.gates = StochasticGates(temperature=temperature, stretch=stretch)
@@ -303,13 +304,13 @@ class DIFFMASK(nn.Module):
         """The ascent direction of lambda (its "gradient").
 
         ``mean``: ``mean(D - m)``, the gradient of :meth:`lagrangian` in lambda.
-        ``per_example``: ``share(D_i > m) - (1 - target_within_margin)``, dual ascent on the
-        chance constraint "at least ``target_within_margin`` of the examples lie within the
+        ``per_example``: ``share(D_i > m) - (1 - within_margin_goal)``, dual ascent on the
+        chance constraint "at least ``within_margin_goal`` of the examples lie within the
         margin": lambda grows while too many examples are outside and shrinks otherwise.
         """
         if self.settings["constraint"] == "per_example":
             violating = (~step.within_margin).float().mean()
-            return violating - (1.0 - self.settings["target_within_margin"])
+            return violating - (1.0 - self.settings["within_margin_goal"])
         return (step.divergence - self.margin).mean().detach()
 
     def clamp_multiplier(self) -> None:

@@ -257,15 +257,15 @@ def train_diffmask(
     diffmask: DIFFMASK,
     train_loader: Iterable,
     n_epochs: int = 10,
-    lr_probe: float = 1e-3,
+    lr_probe: float = 1e-2,
     lr_baseline: float = 1e-3,
-    lr_lambda: float = 1e-2,
+    lr_lambda: float = 0.5,
     device: str = "cpu",
     val_loader: Iterable | None = None,
     output_dir: str | Path | None = None,
     warmup_steps: int = 0,
     grad_clip: float = 1.0,
-    target_within_margin: float | None = None,
+    target_within_margin: float = 0.9,
     seed: int = 0,
     resume: bool = True,
     mixed_precision: str = "no",
@@ -280,7 +280,7 @@ def train_diffmask(
     :class:`TrainingHistory`; ``diffmask`` ends in eval mode holding the selected checkpoint.
     """
     seed_everything(seed)
-    target = target_within_margin or diffmask.settings["target_within_margin"]
+    target = target_within_margin
     accelerator = make_accelerator(device, mixed_precision)
     device_t = accelerator.device
     run_dir = Path(output_dir) if output_dir else default_run_dir()
