@@ -26,6 +26,54 @@ def scorable_mask(
     return mask
 
 
+def build_results(
+    method: str,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    scores: torch.Tensor,
+    scorable: torch.Tensor,
+    tokenizer,
+    ids: list[dict] | None,
+    word_aggregation: str,
+    meta: dict,
+    per_example: dict[str, Sequence] | None = None,
+    original: torch.Tensor | None = None,
+    masked: torch.Tensor | None = None,
+    divergence: torch.Tensor | None = None,
+) -> list[AttributionResult]:
+    """One :class:`AttributionResult` per row of ``scores [batch, tokens]``: padding removed,
+    pieces merged into words over ``scorable`` tokens; ``per_example`` values (lists of length
+    ``batch``) go into each result's metadata; ``original``/``masked``/``divergence`` are
+    ``[batch]`` tensors when known."""
+    results = []
+    for i in range(len(input_ids)):
+        n = int(attention_mask[i].sum())
+        token_ids = input_ids[i, :n].tolist()
+        tokens = (
+            tokenizer.convert_ids_to_tokens(token_ids) if tokenizer else [str(t) for t in token_ids]
+        )
+        token_scores = scores[i, :n].tolist()
+        words, word_scores, index = merge_subwords(
+            tokens, token_scores, scorable[i, :n].tolist(), word_aggregation
+        )
+        results.append(
+            AttributionResult(
+                method=method,
+                tokens=tokens,
+                token_scores=token_scores,
+                words=words,
+                word_scores=word_scores,
+                word_token_index=index,
+                original_output=None if original is None else float(original[i]),
+                masked_output=None if masked is None else float(masked[i]),
+                divergence=None if divergence is None else float(divergence[i]),
+                ids=(ids[i] if ids else {}),
+                metadata={**meta, **{k: v[i] for k, v in (per_example or {}).items()}},
+            )
+        )
+    return results
+
+
 class AttributionMethod(ABC):
     """One attribution method over an explained model.
 
@@ -89,31 +137,16 @@ class AttributionMethod(ABC):
             "seconds": seconds,
             "versions": library_versions(),
         }
-        results = []
-        for i in range(len(input_ids)):
-            n = int(attention_mask[i].sum())
-            token_ids = input_ids[i, :n].tolist()
-            tokens = (
-                tokenizer.convert_ids_to_tokens(token_ids)
-                if tokenizer
-                else [str(t) for t in token_ids]
-            )
-            token_scores = scores[i, :n].tolist()
-            words, word_scores, index = merge_subwords(
-                tokens, token_scores, scorable[i, :n].tolist(), self.word_aggregation
-            )
-            example_meta = {**meta, **{k: v[i] for k, v in extra.items()}}
-            results.append(
-                AttributionResult(
-                    method=self.name,
-                    tokens=tokens,
-                    token_scores=token_scores,
-                    words=words,
-                    word_scores=word_scores,
-                    word_token_index=index,
-                    original_output=float(original[i]),
-                    ids=(ids[i] if ids else {}),
-                    metadata=example_meta,
-                )
-            )
-        return results
+        return build_results(
+            self.name,
+            input_ids,
+            attention_mask,
+            scores,
+            scorable,
+            tokenizer,
+            ids,
+            self.word_aggregation,
+            meta,
+            per_example={**extra},
+            original=original,
+        )

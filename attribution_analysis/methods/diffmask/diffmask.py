@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attribution_analysis.methods.base import scorable_mask
+from attribution_analysis.methods.base import build_results, scorable_mask
 from attribution_analysis.methods.diffmask.probe_network import (
     ProbeNetwork,
     ProbeOutput,
@@ -37,7 +37,7 @@ from attribution_analysis.methods.diffmask.probe_network import (
 )
 from attribution_analysis.methods.diffmask.stochastic_gates import StochasticGates
 from attribution_analysis.methods.explained_model import Context, ExplainedModel, make_adapter
-from attribution_analysis.methods.result import AttributionResult, library_versions, merge_subwords
+from attribution_analysis.methods.result import AttributionResult, library_versions
 
 PROBE_TYPES = ("simple", "layerwise")
 READOUTS = ("keep_probability", "sigmoid", "deterministic")
@@ -410,32 +410,17 @@ class DIFFMASK(nn.Module):
         self.train(was_training)
         self.adapter.model.train(model_was_training)
         meta = {**self.metadata(), "word_aggregation": word_aggregation, "seconds": seconds}
-        results = []
-        for i in range(len(input_ids)):
-            n = int(attention_mask[i].sum())
-            token_ids = input_ids[i, :n].tolist()
-            tokens = (
-                tokenizer.convert_ids_to_tokens(token_ids)
-                if tokenizer
-                else [str(t) for t in token_ids]
-            )
-            sc = scores[i, :n].tolist()
-            words, word_scores, index = merge_subwords(
-                tokens, sc, scorable[i, :n].tolist(), word_aggregation
-            )
-            results.append(
-                AttributionResult(
-                    method="diffmask",
-                    tokens=tokens,
-                    token_scores=sc,
-                    words=words,
-                    word_scores=word_scores,
-                    word_token_index=index,
-                    original_output=float(orig[i]),
-                    masked_output=float(masked[i]),
-                    divergence=float(step.divergence[i]),
-                    ids=(ids[i] if ids else {}),
-                    metadata=meta,
-                )
-            )
-        return results
+        return build_results(
+            "diffmask",
+            input_ids,
+            attention_mask,
+            scores,
+            scorable,
+            tokenizer,
+            ids,
+            word_aggregation,
+            meta,
+            original=orig,
+            masked=masked,
+            divergence=step.divergence,
+        )
