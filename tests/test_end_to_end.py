@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from attribution_analysis.analyze_diffmask import main
+from tests.helpers_browser import start_chromium
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -129,31 +130,10 @@ def test_clear_errors(workdir, monkeypatch, capsys):
 
 
 def test_report_renders_in_chromium(trained_run):
-    chromium, driver_path = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-    if not (chromium.exists() and driver_path.exists()):
-        pytest.skip("Debian chromium/chromedriver not installed (scripts/ensure_chromium.sh)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(chromium)
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={trained_run / 'chrome-profile'}",
-        "--window-size=1280,2000",
-    ):
-        options.add_argument(arg)
-    browser = webdriver.Chrome(service=Service(str(driver_path)), options=options)
+    browser = start_chromium(trained_run / "chrome-profile", window="1280,2000")
     try:
-        browser.set_page_load_timeout(30)
         browser.get((trained_run / "report.html").as_uri())
         text = browser.find_element(By.TAG_NAME, "body").text
         rows = [json.loads(line) for line in (trained_run / "attributions.jsonl").open()]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -12,11 +11,10 @@ import pytest
 
 from attribution_analysis.reporting.html_report import render_report, write_report
 from attribution_analysis.reporting.plots import plot_curves, plot_training_history
+from tests.helpers_browser import start_chromium
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO_ROOT / "output" / "test_artifacts" / "report_screenshot.png"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 ALERT_TITLE = "<script>alert(1)</script>"
 PWN_SCRIPT_TITLE = "<script>window.__pwned=1</script>"
@@ -215,34 +213,8 @@ def test_plots_are_deterministic(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A headless Chromium WebDriver, skipped when Chromium or chromedriver is missing."""
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()) or shutil.which(str(CHROMEDRIVER)) is None:
-        pytest.skip(
-            f"{CHROMIUM} or {CHROMEDRIVER} not installed (run scripts/ensure_chromium.sh as root)"
-        )
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    browser = start_chromium(tmp_path_factory.mktemp("chromium-profile"), browser_logs=True)
     try:
-        browser.set_page_load_timeout(30)
-        browser.set_script_timeout(10)
         yield browser
     finally:
         browser.quit()
