@@ -96,7 +96,10 @@ def evaluate_methods(
     """Run every method on every batch and compute per-example metrics.
 
     ``gold_for(meta, input_ids [tokens]) -> list[int] | None`` gives 0/1 gold labels per token.
-    Leave-one-out effects (for Kendall tau) are computed once per example and shared.
+    Leave-one-out effects (for Kendall tau) are computed once per example and shared. Every
+    method and metric explains the model's decision on the original input (ERASER convention):
+    for the recommender the click probability of predicted clicks and 1 - p of predicted
+    non-clicks, so unsigned methods (DIFFMASK) and signed ones are measured alike.
     """
     from tqdm.auto import tqdm
 
@@ -106,7 +109,7 @@ def evaluate_methods(
     adapter = next(iter(methods.values())).adapter
     for batch in tqdm(list(batches), desc="compare", disable=quiet):
         ids, mask, ctx, meta = split_batch(batch, device)
-        ctx = adapter.prepare_context(ctx)
+        ctx = adapter.with_decision(ids, mask, adapter.prepare_context(ctx))
         scores = {}
         for name, method in methods.items():
             t0 = time.perf_counter()

@@ -122,7 +122,9 @@ class AttributionMethod(ABC):
         ids: list[dict] | None = None,
     ) -> list[AttributionResult]:
         """Results for a batch (tokens, token and word scores, the explained output)."""
-        context = self.adapter.prepare_context(context)
+        context = self.adapter.with_decision(
+            input_ids, attention_mask, self.adapter.prepare_context(context)
+        )
         t0 = time.perf_counter()
         scores = self.attribute(input_ids, attention_mask, context).detach().float()
         seconds = (time.perf_counter() - t0) / len(input_ids)
@@ -134,6 +136,7 @@ class AttributionMethod(ABC):
             "settings": self.settings(),
             "seed": self.seed,
             "word_aggregation": self.word_aggregation,
+            "explained": "probability of the model's decision on the original input",
             "seconds": seconds,
             "versions": library_versions(),
         }

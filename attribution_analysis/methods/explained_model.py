@@ -122,6 +122,25 @@ class ExplainedModel(ABC):
     def explained_logit(self, output: torch.Tensor, context: Context) -> torch.Tensor:
         """The scalar gradient methods attribute ``[batch]`` (a score/logit)."""
 
+    decision_key: str = "target"
+
+    def decision(self, output: torch.Tensor) -> torch.Tensor:
+        """The decision the model takes on ``output`` (a per-example tensor ``[batch]``)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def with_decision(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context: Context
+    ) -> Context:
+        """``context`` plus the model's decision on the original input, so that
+        :meth:`explained_output` / :meth:`explained_logit` explain that decision on every
+        perturbed input too (the ERASER convention: explain the predicted class)."""
+        if self.decision_key in context:
+            return context
+        context = self.prepare_context(context)
+        out = self.forward(self.embed(input_ids), attention_mask, context)
+        return {**context, self.decision_key: self.decision(out.output)}
+
     def fingerprint(self) -> str:
         """Identifies the explained weights (checkpoints made for other weights are refused)."""
         from attribution_analysis.models.serialization import model_fingerprint
@@ -220,11 +239,20 @@ class NewsRecommenderAdapter(ExplainedModel):
         rank_q = ((q[:, 1:] > q[:, :1]) & mask[:, 1:]).sum(-1)
         return rank_p == rank_q
 
+    decision_key = "decision_sign"
+
+    def decision(self, output):
+        """+1 for a predicted click (score >= 0), -1 otherwise."""
+        return torch.where(output >= 0, 1.0, -1.0).to(output.dtype)
+
     def explained_output(self, output, context):
-        return torch.sigmoid(output)
+        """The click probability, or with ``decision_sign`` in the context the probability of the
+        original decision (p for predicted clicks, 1 - p otherwise)."""
+        return torch.sigmoid(self.explained_logit(output, context))
 
     def explained_logit(self, output, context):
-        return output
+        sign = context.get("decision_sign")
+        return output if sign is None else output * sign.to(output.device, output.dtype)
 
 
 def _layer_hook(fn: Callable[[torch.Tensor], torch.Tensor]):
@@ -285,6 +313,9 @@ class SequenceClassifierAdapter(ExplainedModel):
                 h.remove()
         hidden = tuple(out.hidden_states) if output_hidden_states else None
         return ModelOutput(out.logits, hidden)
+
+    def decision(self, output):
+        return output.argmax(-1)
 
     def _target(self, output, context):
         target = context.get("target")
