@@ -56,8 +56,10 @@ class Workspace:
         return self.data.news[news_id].title
 
     def build_diffmask(self) -> DIFFMASK:
-        """A fresh DIFFMASK with the config's settings for this recommender."""
+        """A fresh DIFFMASK with the config's settings for this recommender (its probe is
+        initialised from the config's seed, whatever ran before in the process)."""
         d = self.config.diffmask
+        torch.manual_seed(self.config.seed)
         return DIFFMASK(
             self.model,
             probe_type=d.probe_type,
