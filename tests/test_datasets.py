@@ -6,7 +6,6 @@ from collections import Counter
 
 import pytest
 import torch
-from helpers_foundation import impression, tiny_tokenizer
 
 from attribution_analysis.data.datasets import (
     ClickSamples,
@@ -18,6 +17,7 @@ from attribution_analysis.data.datasets import (
 from attribution_analysis.data.explanation_set import select_examples
 from attribution_analysis.data.mind import NewsRecord
 from attribution_analysis.data.tokenization import PAD_NEWS_INDEX, build_token_table
+from tests.helpers_foundation import impression, tiny_tokenizer
 
 NEWS_IDS = [f"N{i:02d}" for i in range(1, 21)]
 

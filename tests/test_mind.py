@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers_foundation import behaviors_line, news_line, write_lines
 
 from attribution_analysis.data.mind import (
     DataError,
@@ -16,6 +15,7 @@ from attribution_analysis.data.mind import (
     read_news,
     split_news_paths,
 )
+from tests.helpers_foundation import behaviors_line, news_line, write_lines
 
 
 @pytest.fixture

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers_foundation import single_thread, tiny_config, tiny_tokenizer
 
 from attribution_analysis.config import ModelConfig
 from attribution_analysis.models.nrms import NRMS, AdditiveAttention, NewsEncoder
 from attribution_analysis.models.pretrained import load_tokenizer
 from attribution_analysis.models.serialization import build_nrms
+from tests.helpers_foundation import single_thread, tiny_config, tiny_tokenizer
 
 TITLES = [
     "stocks fall as investors fear a recession",

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_foundation import tiny_tokenizer
 
 from attribution_analysis.data import tokenization
 from attribution_analysis.data.mind import NewsRecord
 from attribution_analysis.data.tokenization import PAD_NEWS_INDEX, build_token_table
+from tests.helpers_foundation import tiny_tokenizer
 
 TITLES = {
     "N3": "Stocks fall as investors fear a recession",

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers_foundation import data_config, make_corpus, single_thread, tiny_config, tiny_tokenizer
 
 from attribution_analysis import train_recommender as cli
 from attribution_analysis.config import (
@@ -25,6 +24,13 @@ from attribution_analysis.data.mind import read_behaviors, read_news
 from attribution_analysis.models.inference import score_impressions
 from attribution_analysis.models.serialization import load_model, load_recommender
 from attribution_analysis.models.training import evaluate_split, train_recommender
+from tests.helpers_foundation import (
+    data_config,
+    make_corpus,
+    single_thread,
+    tiny_config,
+    tiny_tokenizer,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
