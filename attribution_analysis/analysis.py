@@ -101,8 +101,8 @@ def top_words_per_sample(records: list[dict], k: int) -> list[dict]:
 
 
 def top_words_overall(records: list[dict], k: int, min_count: int = 2) -> list[dict]:
-    """Words ranked by how often they were kept (score >= 0.5), then by mean attribution
-    (words seen at least ``min_count`` times when there are enough of them)."""
+    """Words ranked by mean attribution, then by count (words seen at least ``min_count`` times
+    when there are enough of them), with how often they were kept (score >= 0.5)."""
     scores: dict[str, list[float]] = defaultdict(list)
     for r in records:
         for word, score in zip(r["words"], r["word_scores"]):
@@ -119,7 +119,7 @@ def top_words_overall(records: list[dict], k: int, min_count: int = 2) -> list[d
     ]
     frequent = [r for r in rows if r["count"] >= min_count]
     rows = frequent if len(frequent) >= k else rows
-    rows.sort(key=lambda r: (-r["kept_count"], -r["mean_score"], r["word"]))
+    rows.sort(key=lambda r: (-r["mean_score"], -r["count"], r["word"]))
     return rows[:k]
 
 
