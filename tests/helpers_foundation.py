@@ -115,3 +115,14 @@ def impression(
         tuple(candidates),
         None if labels is None else tuple(labels),
     )
+
+
+def tiny_nrms(seed: int = 0):
+    """``(tokenizer, model)``: the MiniLM tokenizer and a seeded tiny random NRMS in eval mode."""
+    import torch
+
+    from attribution_analysis.models.serialization import build_nrms
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(seed)
+    return tok, build_nrms(tiny_config(), len(tok)).eval()

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from attribution_analysis.config import ModelConfig
 from attribution_analysis.methods.attention_method import AttentionMethod
 from attribution_analysis.methods.diffmask import DIFFMASK
 from attribution_analysis.methods.diffmask_method import DiffMaskMethod
@@ -18,6 +17,7 @@ from attribution_analysis.methods.integrated_gradients import IntegratedGradient
 from attribution_analysis.methods.occlusion import LeaveOneOutMethod
 from attribution_analysis.methods.random_method import RandomMethod
 from attribution_analysis.methods.registry import METHODS, build_method, parse_method_list
+from tests.helpers_foundation import tiny_nrms
 
 TITLES = [
     "stocks rally as markets cheer surprise rate cut",
@@ -30,14 +30,8 @@ TITLES = [
 @pytest.fixture(scope="module")
 def setup():
     """Tokenizer, tiny random NRMS (eval), a padded batch and its context."""
-    from attribution_analysis.models.pretrained import load_tokenizer
-    from attribution_analysis.models.serialization import build_nrms
-
     torch.set_num_threads(1)
-    config = ModelConfig(encoder="tiny-random-bert", num_heads=2, head_dim=8, query_dim=16)
-    tok = load_tokenizer(config)
-    torch.manual_seed(0)
-    model = build_nrms(config, len(tok)).eval()
+    tok, model = tiny_nrms()
     enc = tok(TITLES, padding=True, return_tensors="pt")
     gen = torch.Generator().manual_seed(0)
     history_mask = torch.tensor([[1, 1, 1, 0, 0], [1] * 5, [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]])

@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from attribution_analysis.config import ModelConfig
 from attribution_analysis.evaluation.faithfulness import comprehensiveness_sufficiency
 from attribution_analysis.evaluation.removal import OPERATIONS, make_predict, removed_ids
 from attribution_analysis.evaluation.sanity import randomize_top_layers, sanity_check, spearman
 from attribution_analysis.methods.base import AttributionMethod
 from attribution_analysis.methods.integrated_gradients import IntegratedGradientsMethod
+from tests.helpers_foundation import tiny_nrms
 
 TITLES = [
     "stocks rally as markets cheer surprise rate cut",
@@ -30,14 +30,8 @@ TITLES = [
 @pytest.fixture(scope="module")
 def setup():
     """Tokenizer, tiny random NRMS (eval) and one batch dict as a loader yields it."""
-    from attribution_analysis.models.pretrained import load_tokenizer
-    from attribution_analysis.models.serialization import build_nrms
-
     torch.set_num_threads(1)
-    config = ModelConfig(encoder="tiny-random-bert", num_heads=2, head_dim=8, query_dim=16)
-    tok = load_tokenizer(config)
-    torch.manual_seed(0)
-    model = build_nrms(config, len(tok)).eval()
+    tok, model = tiny_nrms()
     enc = tok(TITLES, padding=True, return_tensors="pt")
     gen = torch.Generator().manual_seed(0)
     batch = {
