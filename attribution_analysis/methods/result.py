@@ -70,6 +70,7 @@ def merge_subwords(
 
 def library_versions() -> dict[str, str]:
     """Versions recorded in every result's metadata."""
+    import captum
     import torch
     import transformers
 
@@ -77,13 +78,8 @@ def library_versions() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "captum": captum.__version__,
     }
-    try:
-        import captum
-
-        versions["captum"] = captum.__version__
-    except ImportError:  # pragma: no cover - captum is a dependency, but metadata must not fail
-        pass
     return versions
 
 
