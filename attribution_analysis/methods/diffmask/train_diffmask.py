@@ -93,12 +93,14 @@ def default_run_dir(root: str | Path = "output/diffmask") -> Path:
 
 
 # ---------------------------------------------------------------------- checkpoints
-def _checkpoint(diffmask: DIFFMASK, optimizers: dict, scheduler, epoch: int, history, gen) -> dict:
+def _checkpoint(
+    diffmask: DIFFMASK, fingerprint: str, optimizers: dict, scheduler, epoch: int, history, gen
+) -> dict:
     return {
         "format": CHECKPOINT_FORMAT,
         "epoch": epoch,
         "settings": diffmask.settings,
-        "fingerprint": diffmask.adapter.fingerprint(),
+        "fingerprint": fingerprint,
         "state": {k: v.detach().cpu() for k, v in diffmask.state_dict().items()},
         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
         "scheduler": scheduler.state_dict(),
@@ -280,7 +282,6 @@ def train_diffmask(
     :class:`TrainingHistory`; ``diffmask`` ends in eval mode holding the selected checkpoint.
     """
     seed_everything(seed)
-    target = target_within_margin
     accelerator = make_accelerator(device, mixed_precision)
     device_t = accelerator.device
     run_dir = Path(output_dir) if output_dir else default_run_dir()
@@ -306,6 +307,7 @@ def train_diffmask(
         (e["val_l0"] for e in history.epochs if e.get("epoch") == history.best_epoch),
         default=math.inf,
     )
+    fingerprint = diffmask.adapter.fingerprint() if save_checkpoints else ""  # hashed once
     with frozen(model):
         for epoch in range(start + 1, n_epochs + 1):
             torch.manual_seed(seed * 7919 + epoch)  # loader shuffles depend on the epoch only
@@ -344,7 +346,7 @@ def train_diffmask(
             if val_loader is not None:
                 val = validate(diffmask, val_loader, device_t)
                 summary.update({f"val_{k}": v for k, v in val.items()})
-                if val["within_margin"] >= target and val["l0"] < best_l0:
+                if val["within_margin"] >= target_within_margin and val["l0"] < best_l0:
                     best_l0, history.best_epoch = val["l0"], epoch
             history.epochs.append(summary)
             if not quiet:
@@ -359,7 +361,9 @@ def train_diffmask(
                 path = ckpt_dir / f"diffmask_epoch_{epoch}.pt"
                 if history.best_epoch == epoch:
                     history.best_checkpoint = ckpt_dir / "best.pt"
-                blob = _checkpoint(diffmask, optimizers, scheduler, epoch, history, gen)
+                blob = _checkpoint(
+                    diffmask, fingerprint, optimizers, scheduler, epoch, history, gen
+                )
                 atomic_torch_save(path, blob)
                 if history.best_epoch == epoch:
                     atomic_torch_save(ckpt_dir / "best.pt", blob)
@@ -367,7 +371,7 @@ def train_diffmask(
         diffmask.load_state_dict(_read_checkpoint(history.best_checkpoint)["state"])
     elif val_loader is not None and not quiet:
         print(
-            f"[diffmask] no epoch reached a validation share of {target:.0%} "
+            f"[diffmask] no epoch reached a validation share of {target_within_margin:.0%} "
             "satisfied examples: keeping the last epoch"
         )
     if save_checkpoints:
