@@ -12,7 +12,7 @@ from torch import nn
 from attribution_analysis.methods.attention_method import AttentionMethod
 from attribution_analysis.methods.diffmask import DIFFMASK
 from attribution_analysis.methods.diffmask_method import DiffMaskMethod
-from attribution_analysis.methods.explained_model import ExplainedModel, ModelOutput
+from attribution_analysis.methods.explained_model import BinaryLogitModel, ModelOutput
 from attribution_analysis.methods.integrated_gradients import IntegratedGradientsMethod
 from attribution_analysis.methods.occlusion import LeaveOneOutMethod
 from attribution_analysis.methods.random_method import RandomMethod
@@ -63,7 +63,7 @@ def _all_methods(tok, model) -> dict:
 
 
 # --------------------------------------------------------------------- linear model
-class LinearModel(ExplainedModel):
+class LinearModel(BinaryLogitModel):
     """Logit = sum over positions and hidden units of W[t, h] * x[t, h] (+ a bias)."""
 
     name = "linear"
@@ -96,15 +96,6 @@ class LinearModel(ExplainedModel):
 
     def divergence(self, original, masked, context, kind):
         return (original - masked) ** 2
-
-    def agreement(self, original, masked, context, kind):
-        return (original > 0) == (masked > 0)
-
-    def explained_output(self, output, context):
-        return torch.sigmoid(output)
-
-    def explained_logit(self, output, context):
-        return output
 
 
 @pytest.mark.parametrize("baseline", ["pad", "mask", "zero"])

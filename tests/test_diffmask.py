@@ -21,7 +21,7 @@ from attribution_analysis.methods.diffmask.train_diffmask import (
     load_diffmask_checkpoint,
     train_diffmask,
 )
-from attribution_analysis.methods.explained_model import ExplainedModel, ModelOutput
+from attribution_analysis.methods.explained_model import BinaryLogitModel, ModelOutput
 from attribution_analysis.methods.result import AttributionResult, read_results_jsonl
 from attribution_analysis.models.inference import encode_news_table
 from attribution_analysis.models.serialization import build_nrms
@@ -249,12 +249,10 @@ def test_hidden_state_mode_probes_never_read_above_masked_layer(setup):
 
 
 # ---------------------------------------------------------------- a model with a known answer
-class KeyTokenModel(ExplainedModel):
+class KeyTokenModel(BinaryLogitModel):
     """Logit = 6 * (number of KEY tokens) - 3 over one-hot word embeddings: only KEY matters."""
 
     name = "key_token"
-    divergences = ("bernoulli_kl",)
-    default_divergence = "bernoulli_kl"
     KEY = 3
 
     def __init__(self) -> None:
@@ -273,20 +271,6 @@ class KeyTokenModel(ExplainedModel):
         logit = 6.0 * x[..., self.KEY].sum(-1) - 3.0
         hidden = (word_embeddings, word_embeddings) if output_hidden_states else None
         return ModelOutput(logit, hidden)
-
-    def divergence(self, original, masked, context, kind):
-        from attribution_analysis.methods.explained_model import bernoulli_kl_from_logits
-
-        return bernoulli_kl_from_logits(original, masked)
-
-    def agreement(self, original, masked, context, kind):
-        return (original > 0) == (masked > 0)
-
-    def explained_output(self, output, context):
-        return torch.sigmoid(output)
-
-    def explained_logit(self, output, context):
-        return output
 
 
 def test_learns_to_keep_exactly_the_decisive_token(tmp_path):

@@ -157,6 +157,28 @@ class ExplainedModel(ABC):
         return kind
 
 
+class BinaryLogitModel(ExplainedModel):
+    """An explained model whose output is one logit per example ``[batch]`` (a click or a
+    binary decision): Bernoulli-KL divergence, sigmoid probability, sign decision. Subclasses
+    implement ``hidden_size``, ``num_layers``, ``embed`` and ``forward``."""
+
+    divergences = ("bernoulli_kl",)
+    default_divergence = "bernoulli_kl"
+
+    def divergence(self, original, masked, context, kind):
+        self.check_divergence(kind)
+        return bernoulli_kl_from_logits(original, masked)
+
+    def agreement(self, original, masked, context, kind):
+        return (original > 0) == (masked > 0)
+
+    def explained_output(self, output, context):
+        return torch.sigmoid(self.explained_logit(output, context))
+
+    def explained_logit(self, output, context):
+        return output
+
+
 class NewsRecommenderAdapter(ExplainedModel):
     """Explains the NRMS click score of one candidate given the user's history vectors.
 
