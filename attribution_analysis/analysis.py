@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +17,9 @@ from attribution_analysis.comparison import run_comparison
 from attribution_analysis.config import AttributionConfig, resolve_path, to_dict
 from attribution_analysis.evaluation.compare import display_rows
 from attribution_analysis.evaluation.plausibility import plausibility_metrics
+from attribution_analysis.evaluation.word_statistics import MIN_SUPPORT, top_words, top_words_rule
 from attribution_analysis.methods.diffmask import DIFFMASK
+from attribution_analysis.methods.diffmask.convergence import ConvergenceRule
 from attribution_analysis.methods.diffmask.train_diffmask import (
     default_run_dir,
     extract_attributions_diffmask,
@@ -100,27 +101,11 @@ def top_words_per_sample(records: list[dict], k: int) -> list[dict]:
     return rows
 
 
-def top_words_overall(records: list[dict], k: int, min_count: int = 2) -> list[dict]:
-    """Words ranked by mean attribution, then by count (words seen at least ``min_count`` times
-    when there are enough of them), with how often they were kept (score >= 0.5)."""
-    scores: dict[str, list[float]] = defaultdict(list)
-    for r in records:
-        for word, score in zip(r["words"], r["word_scores"]):
-            scores[word.lower()].append(score)
-    rows = [
-        {
-            "word": w,
-            "mean_score": sum(v) / len(v),
-            "kept_share": sum(s >= KEEP_THRESHOLD for s in v) / len(v),
-            "kept_count": sum(s >= KEEP_THRESHOLD for s in v),
-            "count": len(v),
-        }
-        for w, v in scores.items()
-    ]
-    frequent = [r for r in rows if r["count"] >= min_count]
-    rows = frequent if len(frequent) >= k else rows
-    rows.sort(key=lambda r: (-r["mean_score"], -r["count"], r["word"]))
-    return rows[:k]
+def top_words_overall(records: list[dict], k: int, min_support: int = MIN_SUPPORT) -> list[dict]:
+    """The ``k`` words most reliably kept (score >= ``KEEP_THRESHOLD``), among words seen at
+    least ``min_support`` times, ranked by the Wilson lower bound of their kept share (see
+    :func:`attribution_analysis.evaluation.word_statistics.top_words`)."""
+    return top_words(records, k, min_support=min_support, threshold=KEEP_THRESHOLD)
 
 
 def _scorable_scores(result: AttributionResult) -> list[float]:
@@ -192,6 +177,13 @@ def _train(ws: Workspace, diffmask: DIFFMASK, run_dir: Path, train_ex, val_ex, q
         seed=cfg.seed,
         mixed_precision=cfg.mixed_precision,
         quiet=quiet,
+        convergence=ConvergenceRule(
+            window=d.convergence_window,
+            lambda_rtol=d.convergence_lambda_rtol,
+            lambda_atol=d.convergence_lambda_atol,
+            l0_atol=d.convergence_l0_atol,
+            min_epochs=d.convergence_min_epochs,
+        ),
     )
 
 
@@ -253,7 +245,9 @@ def run_analysis(
     overall = top_words_overall(records, config.top_k)
     atomic_write_text(
         run_dir / "top_words.csv",
-        _csv_text(overall, ["word", "mean_score", "kept_share", "kept_count", "count"]),
+        _csv_text(
+            overall, ["word", "kept_share_lcb", "kept_share", "kept_count", "count", "mean_score"]
+        ),
     )
     comparison, comparison_plots, rows = None, None, None
     if any(m != "diffmask" for m in config.compare_methods):
@@ -281,6 +275,7 @@ def run_analysis(
         summary=summary["test"],
         samples=records,
         top_words=overall,
+        top_words_rule=top_words_rule(MIN_SUPPORT, KEEP_THRESHOLD),
         training_plots=plots,
         comparison=comparison,
         comparison_plots=comparison_plots,
@@ -303,7 +298,11 @@ def _print_summary(run_dir: Path, test: dict, overall: list[dict]) -> None:
     keys = ("within_margin_share", "satisfied_share", "kept_share", "auprc", "token_f1")
     print("[result] " + "  ".join(f"{k}={test[k]:.3f}" for k in keys if k in test))
     print(
-        "[result] top words: " + ", ".join(f"{r['word']} ({r['mean_score']:.2f})" for r in overall)
+        "[result] top words: "
+        + (
+            ", ".join(f"{r['word']} (kept {r['kept_count']}/{r['count']})" for r in overall)
+            or f"none seen at least {MIN_SUPPORT} times"
+        )
     )
     print(f"[result] run folder: {run_dir}")
     print(f"[result] report: {run_dir / 'report.html'}")

@@ -3,8 +3,10 @@ table (Markdown, CSV, JSON) and the mean deletion/insertion curves (PNG)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import tempfile
 from pathlib import Path
 
 import torch
@@ -16,7 +18,7 @@ from attribution_analysis.evaluation.compare import (
     mean_curves,
 )
 from attribution_analysis.evaluation.removal import OPERATIONS
-from attribution_analysis.evaluation.sanity import sanity_check
+from attribution_analysis.evaluation.sanity import fresh_diffmask_like, sanity_check
 from attribution_analysis.methods.base import AttributionMethod
 from attribution_analysis.methods.diffmask import DIFFMASK
 from attribution_analysis.methods.diffmask.train_diffmask import rebind_diffmask
@@ -70,27 +72,89 @@ def gold_lookup(ws: Workspace):
 
 SANITY_EXAMPLES = 32
 SANITY_LAYERS = 2
+SANITY_DIR = "sanity_diffmask"
+"""Folder (inside the comparison folder) of the DIFFMASK retrained on the randomised model."""
+SANITY_COLUMNS = ("sanity_spearman", "sanity_spearman_retrained")
+"""The sanity columns: trained parts kept fixed, and retrained on the randomised model."""
 
 
-def sanity_rows(ws: Workspace, names: list[str], diffmask, examples) -> dict[str, float]:
-    """Mean Spearman correlation of each method's attributions before and after randomising the
-    news encoder's top PLM layers and head (Adebayo et al. 2018; lower = depends on the model)."""
-    out = {}
+def retrain_diffmask(
+    ws: Workspace, diffmask: DIFFMASK, model, run_dir: Path, quiet: bool = True
+) -> DIFFMASK:
+    """A DIFFMASK with ``diffmask``'s settings trained from scratch for ``model`` (a model of the
+    recommender's shape, e.g. its randomised copy) the way the analysis trains one: probe
+    initialised from the config's seed, the workspace's DIFFMASK train/validation examples, the
+    config's training hyper-parameters, checkpoints and history under ``run_dir`` (resumed from
+    there when present). The context stays the workspace's (the original model's history
+    vectors)."""
+    from attribution_analysis.analysis import train_for_workspace  # analysis imports this module
+
+    fresh = fresh_diffmask_like(diffmask, model, seed=ws.config.seed)
+    return train_for_workspace(ws, Path(run_dir), quiet, diffmask=fresh)
+
+
+def sanity_rows(
+    ws: Workspace,
+    names: list[str],
+    diffmask: DIFFMASK | None,
+    examples,
+    out_dir: Path | None = None,
+    quiet: bool = True,
+) -> dict[str, dict[str, float | None]]:
+    """Model-randomisation sanity check of each method (Adebayo et al. 2018): mean Spearman
+    correlation of its attributions before and after randomising the news encoder's top
+    ``SANITY_LAYERS`` PLM layers and head (range [-1, 1]; lower = depends on the model).
+
+    Returns ``{name: {"sanity_spearman": ..., "sanity_spearman_retrained": ...}}``:
+
+    * ``sanity_spearman`` (fixed probe): the method rebuilt on the randomised model; DIFFMASK
+      keeps its trained probe and baseline (:func:`rebind_diffmask`).
+    * ``sanity_spearman_retrained``: DIFFMASK's probe and baseline retrained from scratch on the
+      randomised model (:func:`retrain_diffmask`, checkpoints in ``out_dir / SANITY_DIR``, a
+      temporary folder without ``out_dir``); None for methods with nothing to retrain.
+    """
+    batches = list(ws.loader(examples))
+    out: dict[str, dict[str, float | None]] = {}
     for name in names:
 
         def factory(model, name=name):
             dm = rebind_diffmask(diffmask, model) if name == "diffmask" else None
             return build_methods(ws, [name], dm, ws.config.ig_steps, model)[name]
 
+        fixed = sanity_check(
+            factory, ws.model, batches, n_layers=SANITY_LAYERS, seed=ws.config.seed
+        )
+        retrained = None
+        if name == "diffmask":
+            retrained = _retrained_sanity(ws, diffmask, factory, batches, out_dir, quiet)
+        out[name] = dict(zip(SANITY_COLUMNS, (fixed["spearman_mean"], retrained)))
+    return out
+
+
+def _retrained_sanity(ws: Workspace, diffmask, factory, batches, out_dir, quiet) -> float:
+    """Mean Spearman correlation between the trained DIFFMASK's attributions on the original
+    model (``factory``) and those of a DIFFMASK retrained from scratch on the randomised copy."""
+    with contextlib.ExitStack() as stack:
+        if out_dir is not None:
+            run_dir = Path(out_dir) / SANITY_DIR
+        else:
+            run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        if not quiet:
+            print(f"[sanity] retraining DIFFMASK on the randomised model in {run_dir}")
+
+        def retrained(model):
+            dm = retrain_diffmask(ws, diffmask, model, run_dir, quiet)
+            return build_methods(ws, ["diffmask"], dm, ws.config.ig_steps, model)["diffmask"]
+
         result = sanity_check(
             factory,
             ws.model,
-            ws.loader(examples),
+            batches,
             n_layers=SANITY_LAYERS,
             seed=ws.config.seed,
+            randomised_factory=retrained,
         )
-        out[name] = result["spearman_mean"]
-    return out
+    return result["spearman_mean"]
 
 
 def run_comparison(
@@ -117,11 +181,22 @@ def run_comparison(
         quiet=quiet,
     )
     rows = comparison_table(evals, seed=ws.config.seed)
-    sanity = sanity_rows(ws, names, diffmask, test[:SANITY_EXAMPLES])
+    sanity_examples = test[:SANITY_EXAMPLES]
+    sanity = sanity_rows(ws, names, diffmask, sanity_examples, out_dir=out_dir, quiet=quiet)
     for row in rows:
-        row["sanity_spearman"] = sanity[row["method"]]
+        row.update(sanity[row["method"]])
     table = markdown_table(rows)
-    note = f"\nRemoval operation: `{removal}` ({OPERATIONS[removal]}). Examples: {len(test)}.\n"
+    note = (
+        f"\nRemoval operation: `{removal}` ({OPERATIONS[removal]}). Examples: {len(test)}.\n"
+        f"Sanity check: the top {SANITY_LAYERS} PLM layers and the head of the news encoder "
+        f"re-initialised (seed {ws.config.seed}), {len(sanity_examples)} examples.\n"
+    )
+    if "diffmask" in names:
+        note += (
+            "`sanity_spearman` keeps DIFFMASK's trained probe and baseline fixed; "
+            "`sanity_spearman_retrained` retrains them from scratch on the randomised model "
+            f"(same examples, settings and training; run folder `{SANITY_DIR}/`).\n"
+        )
     atomic_write_text(out_dir / "comparison.md", table + note)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     buffer = io.StringIO()

@@ -102,9 +102,9 @@ class RecommenderConfig:
 
 @dataclass
 class DiffMaskConfig:
-    """DIFFMASK settings (see ``methods/diffmask``)."""
+    """DIFFMASK settings (see ``methods/diffmask``); the defaults are the library's."""
 
-    probe_type: str = "simple"
+    probe_type: str = "layerwise"
     num_probe_layers: int | None = None
     probe_layer: int = -1
     constraint_margin: float = 0.1
@@ -115,18 +115,25 @@ class DiffMaskConfig:
     learn_baseline: bool = True
     readout: str = "keep_probability"
     mask_layer: int = 0
-    n_epochs: int = 10
-    lr_probe: float = 1e-2
+    n_epochs: int = 30
+    lr_probe: float = 1e-3
     lr_baseline: float = 1e-3
     lr_lambda: float = 0.5
     probe_init_bias: float = 3.0
     constraint: str = "per_example"
     within_margin_goal: float = 0.95
+    sparsity_loss: str = "l0"
+    logit_decay: float = 1e-3
     lambda_init: float = 1.0
     lambda_max: float = 200.0
     warmup_steps: int = 0
     grad_clip: float = 1.0
     target_within_margin: float = 0.9
+    convergence_window: int = 3
+    convergence_lambda_rtol: float = 0.1
+    convergence_lambda_atol: float = 1.0
+    convergence_l0_atol: float = 0.01
+    convergence_min_epochs: int = 4
     train_examples: int = 2000
     val_examples: int = 300
 

@@ -79,6 +79,8 @@ class Workspace:
             probe_init_bias=d.probe_init_bias,
             constraint=d.constraint,
             within_margin_goal=d.within_margin_goal,
+            sparsity_loss=d.sparsity_loss,
+            logit_decay=d.logit_decay,
             lambda_init=d.lambda_init,
             lambda_max=d.lambda_max,
         )

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from attribution_analysis.reporting.html_report import render_report, write_report
+from attribution_analysis.evaluation.word_statistics import TOP_WORDS_RULE
+from attribution_analysis.reporting.html_report import (
+    render_report,
+    resolve_score_scale,
+    write_report,
+)
 from attribution_analysis.reporting.plots import plot_curves, plot_training_history
 from tests.helpers_browser import start_chromium
 
@@ -84,9 +89,24 @@ def _report_kwargs(plots: dict[str, Path] | None = None) -> dict:
         "summary": {"mean_l0": 0.3712, "mean_divergence": 0.0123, "n_samples": 5},
         "samples": _samples(),
         "top_words": [
-            {"word": "budget", "mean_score": 0.6543, "kept_share": 0.91, "count": 12},
-            {"word": "<u>snow</u>", "mean_score": 0.4321, "kept_share": 0.5, "count": 7},
+            {
+                "word": "budget",
+                "kept_share_lcb": 0.6214,
+                "kept_share": 0.91,
+                "kept_count": 11,
+                "count": 12,
+                "mean_score": 0.6543,
+            },
+            {
+                "word": "<u>snow</u>",
+                "kept_share_lcb": 0.1841,
+                "kept_share": 0.5714,
+                "kept_count": 4,
+                "count": 7,
+                "mean_score": 0.4321,
+            },
         ],
+        "top_words_rule": TOP_WORDS_RULE,
         "training_plots": plots,
         "comparison": [
             {"method": "diffmask", "comprehensiveness": 0.4567, "auc": "0.81 [0.78, 0.84]"},
@@ -158,12 +178,14 @@ def test_untrusted_text_is_escaped(tmp_path: Path) -> None:
 def test_numbers_and_tables(tmp_path: Path) -> None:
     """Probabilities, metrics and comparison cells appear formatted."""
     text = write_report(tmp_path / "r.html", **_report_kwargs()).read_text(encoding="utf-8")
-    for expected in ("0.8123", "0.7911", "0.2718", "0.3712", "0.6543", "0.9100", "12"):
+    for expected in ("0.8123", "0.7911", "0.2718", "0.3712", "0.6543", "0.9100", "0.6214"):
         assert expected in text
     assert "0.81 [0.78, 0.84]" in text and "0.4567" in text
     assert "Method comparison" in text and "integrated_gradients" in text
-    for column in ("word", "mean_score", "kept_share", "count"):
-        assert f">{column}</th>" in text
+    columns = ("word", "kept_share_lcb", "kept_share", "kept_count", "count", "mean_score")
+    positions = [text.index(f">{column}</th>") for column in columns]
+    assert positions == sorted(positions)
+    assert '<td class="num">11</td><td class="num">12</td>' in text
 
 
 def test_word_spans_carry_scores_and_gold(tmp_path: Path) -> None:
@@ -203,6 +225,90 @@ def test_plots_are_deterministic(tmp_path: Path) -> None:
     c2 = plot_curves(curves, "Deletion", "p(click)", tmp_path / "c2.png")
     assert c1.read_bytes() == c2.read_bytes()
     assert plot_curves({}, "Empty", "p", tmp_path / "empty.png").exists()
+
+
+def _rgb(style: str) -> tuple[int, int, int]:
+    """The background colour of an inline ``style`` attribute."""
+    match = re.search(r"background:rgb\((\d+),(\d+),(\d+)\)", style)
+    assert match, style
+    return tuple(int(c) for c in match.groups())
+
+
+def _probability_samples() -> list[dict]:
+    """DIFFMASK-like samples: one with nothing kept (all 0.0036), one with a kept word."""
+    return [
+        _sample(
+            0, "Nothing kept in this title", word_scores=[0.0036] * 5, token_scores=[0.0036] * 5
+        ),
+        _sample(
+            1, "One kept word here", word_scores=[1.0, 0.0036, 0.5, 0.0], token_scores=[], tokens=[]
+        ),
+    ]
+
+
+def _spans_of(text: str, news_id: str) -> list[dict[str, str | None]]:
+    """Word/token spans of the sample card with ``news_id``."""
+    card = text.split(f"news <code>{news_id}</code>", 1)[1].split("</article>", 1)[0]
+    parser = _SpanCollector()
+    parser.feed(card)
+    return parser.spans
+
+
+def test_probabilities_default_to_absolute_scale() -> None:
+    """Scores all in [0, 1] use the absolute scale: a 0.0036-only sample stays nearly white."""
+    samples = _probability_samples()
+    assert resolve_score_scale(samples, None) == "absolute"
+    text = render_report(**{**_report_kwargs(), "samples": samples})
+    assert "probability that the word is kept, absolute scale 0–1" in text
+    assert "normalised per sample" not in text
+    faint = _spans_of(text, "N200")
+    assert len(faint) == 10  # five words and five tokens
+    for span in faint:
+        assert all(channel >= 250 for channel in _rgb(span["style"])), span["style"]
+    kept = {s["data-score"]: _rgb(s["style"]) for s in _spans_of(text, "N201")}
+    assert kept["1.0"] == (202, 0, 32)
+    assert kept["0.0"] == (255, 255, 255)
+    assert kept["0.5"] == (round(255 + (202 - 255) * 0.5), 128, round(255 + (32 - 255) * 0.5))
+    assert "colour scale: absolute 0–1, max score 0.0036" in text
+
+
+def test_signed_scores_use_per_sample_scale() -> None:
+    """A negative score selects the per-sample scale: each sample's max |score| is full colour."""
+    samples = [
+        _sample(0, "Storm hits coast", word_scores=[0.02, -0.04, 0.01], token_scores=[], tokens=[]),
+        _sample(1, "Calm day", word_scores=[3.0, 1.5], token_scores=[], tokens=[]),
+    ]
+    assert resolve_score_scale(samples, None) == "per_sample"
+    text = render_report(**{**_report_kwargs(), "samples": samples})
+    assert "normalised per sample by its largest |score|" in text
+    assert "absolute scale 0–1" not in text
+    signed = {s["data-score"]: _rgb(s["style"]) for s in _spans_of(text, "N200")}
+    assert signed["-0.04"] == (5, 113, 176)
+    assert signed["0.02"] == (round(255 + (202 - 255) * 0.5), 128, round(255 + (32 - 255) * 0.5))
+    big = {s["data-score"]: _rgb(s["style"]) for s in _spans_of(text, "N201")}
+    assert big["3.0"] == (202, 0, 32)
+    assert "colour scale: diverging (red +, blue −), normalised by |score| max 0.0400" in text
+
+
+def test_explicit_score_scale_overrides_default() -> None:
+    """Probabilities can be forced onto the per-sample scale; unknown scales are rejected."""
+    samples = _probability_samples()
+    text = render_report(**{**_report_kwargs(), "samples": samples, "score_scale": "per_sample"})
+    assert "normalised per sample by its largest |score|" in text
+    faint = _spans_of(text, "N200")
+    assert all(_rgb(s["style"]) == (202, 0, 32) for s in faint)
+    with pytest.raises(ValueError, match="score_scale"):
+        render_report(**{**_report_kwargs(), "score_scale": "log"})
+
+
+def test_top_words_rule_is_shown_and_escaped() -> None:
+    """The ranking rule appears above the top-words table, HTML-escaped."""
+    text = render_report(**_report_kwargs())
+    assert "Words seen at least 5 times" in text and "score &gt;= 0.5" in text
+    assert text.index("Words seen at least 5 times") < text.index(">kept_share_lcb</th>")
+    hostile = render_report(**{**_report_kwargs(), "top_words_rule": "<b>rule</b> & more"})
+    assert "<b>rule</b>" not in hostile and "&lt;b&gt;rule&lt;/b&gt; &amp; more" in hostile
+    assert 'class="rule' not in render_report(**{**_report_kwargs(), "top_words_rule": None})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,6 +370,8 @@ def test_report_in_headless_chromium(driver, tmp_path: Path, history_plots) -> N
         "History headline 0-1",
         "<u>snow</u>",
         "0.6543",
+        "Words seen at least 5 times",
+        "normalised per sample by its largest |score|",
         "diffmask",
         "<i>x</i>",
         "0.81 [0.78, 0.84]",

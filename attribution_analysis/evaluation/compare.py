@@ -38,6 +38,7 @@ TABLE_METRICS = (
     "seconds_per_example",
     "completeness_error",
     "sanity_spearman",
+    "sanity_spearman_retrained",
 )
 
 
@@ -99,7 +100,9 @@ def evaluate_methods(
     Leave-one-out effects (for Kendall tau) are computed once per example and shared. Every
     method and metric explains the model's decision on the original input (ERASER convention):
     for the recommender the click probability of predicted clicks and 1 - p of predicted
-    non-clicks, so unsigned methods (DIFFMASK) and signed ones are measured alike.
+    non-clicks, so unsigned methods (DIFFMASK) and signed ones are measured alike. Each example
+    also records that ``decision`` (for the recommender +1 for a predicted click, -1 otherwise)
+    and ``has_gold`` (1 when ``gold_for`` gave labels), for :func:`subset_evaluation`.
     """
     from tqdm.auto import tqdm
 
@@ -137,9 +140,35 @@ def evaluate_methods(
             scorable = scorable_all[i, :n]
             effects = leave_one_out_effects(predict, scorable).numpy()
             gold = gold_for(meta[i] if meta else None, ids[i, :n].cpu())
+            decision = float(ctx[adapter.decision_key][i])
             for name in methods:
                 _example_metrics(evals[name], predict, scores[name][i, :n], scorable, effects, gold)
+                evals[name].add("decision", decision)
+                evals[name].add("has_gold", gold is not None)
     return evals
+
+
+GOLD_METRICS = ("auprc", "token_f1")
+"""Metrics recorded only for examples with gold labels (``has_gold``)."""
+
+
+def subset_evaluation(ev: MethodEvaluation, keep: list[bool]) -> MethodEvaluation:
+    """The evaluation restricted to the examples where ``keep`` (one flag per example, in the
+    order :func:`evaluate_methods` saw them) is true, e.g. the predicted clicks:
+    ``keep = [d > 0 for d in ev.values["decision"]]``."""
+    n = len(ev.values.get("decision", []))
+    if len(keep) != n:
+        raise ValueError(f"keep has {len(keep)} flags for {n} examples")
+    with_gold = [k for k, g in zip(keep, ev.values.get("has_gold", [])) if g]
+    out = MethodEvaluation(ev.name)
+    for key, values in ev.values.items():
+        flags = with_gold if key in GOLD_METRICS else keep
+        if len(values) != len(flags):
+            raise ValueError(f"{ev.name}: {len(values)} values of {key!r} for {len(flags)} flags")
+        out.values[key] = [v for v, k in zip(values, flags) if k]
+    out.deletion = [c for c, k in zip(ev.deletion, keep) if k]
+    out.insertion = [c for c, k in zip(ev.insertion, keep) if k]
+    return out
 
 
 def _cell(values: list[float], seed: int) -> tuple[float, float, float]:
@@ -167,8 +196,9 @@ def comparison_table(evals: dict[str, MethodEvaluation], seed: int = 0) -> list[
 
 
 def _fmt(row: dict, metric: str) -> str:
-    if metric == "sanity_spearman" and row.get(metric) is not None:
-        return f"{row[metric]:.3f}"
+    if metric in ("sanity_spearman", "sanity_spearman_retrained"):  # one number, no interval
+        value = row.get(metric)
+        return "—" if value is None or not math.isfinite(value) else f"{value:.3f}"
     if metric not in row or row[metric] is None or not math.isfinite(row[metric]):
         return "—"
     if metric == "seconds_per_example":

@@ -9,6 +9,10 @@ rationale, e.g. a token planted as the cause of a click) and ``scores`` of shape
   ranking scores about the share of gold tokens.
 * Top-k token precision / recall / F1 with k = the number of gold tokens by default.  Range
   [0, 1], higher is better.  With the default k, precision = recall = F1.
+* Jensen-Shannon divergence (base 2) between the attribution mass ``|s| / sum |s|`` and the
+  uniform distribution over the gold tokens (DIFFMASK paper, Section 4).  Range [0, 1], lower
+  is better; it rewards putting the mass on the gold tokens *and* leaving the others near zero,
+  which a ranking metric such as AUPRC ignores.
 """
 
 from __future__ import annotations
@@ -64,6 +68,34 @@ def auprc(gold: ArrayLike, scores: ArrayLike) -> float:
         return math.nan
     precision, recall, _ = precision_recall_curve(g, s)
     return float(auc(recall, precision))
+
+
+def rationale_js_divergence(gold: ArrayLike, scores: ArrayLike) -> float:
+    """Jensen-Shannon divergence (log base 2) between attribution mass and the gold rationale.
+
+    ``p = |scores| / sum |scores|`` (uniform when every score is 0), ``q = gold / sum gold``,
+    ``JS = (KL(p || m) + KL(q || m)) / 2`` with ``m = (p + q) / 2``.
+
+    Args:
+        gold: shape [n_tokens], values in {0, 1}.
+        scores: shape [n_tokens]; signed scores count by their magnitude.
+
+    Returns:
+        A value in [0, 1], lower is better; nan if ``gold`` has no positive token.
+    """
+    g, s = _as_arrays(gold, scores)
+    if g.sum() == 0:
+        return math.nan
+    mass = np.abs(s)
+    p = mass / mass.sum() if mass.sum() > 0 else np.full(len(s), 1.0 / len(s))
+    q = g / g.sum()
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        nz = a > 0
+        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
+
+    return min(max((kl(p) + kl(q)) / 2, 0.0), 1.0)
 
 
 def top_k_indices(scores: ArrayLike, k: int) -> np.ndarray:

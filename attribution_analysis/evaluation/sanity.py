@@ -7,6 +7,12 @@ attributions before and after by Spearman rank correlation over its scorable tok
 whose attributions barely change (correlation near 1) does not depend on the model and fails.
 The context (the users' history vectors) is the one given in the batches: the original model's,
 held fixed, so only the explained candidate's encoding changes.
+
+A method with trained parts (DIFFMASK's probe and baseline) can be checked two ways: with those
+parts kept fixed and applied to the randomised model (``method_factory`` alone), or retrained
+from scratch on the randomised model (``randomised_factory``, e.g. with a DIFFMASK made by
+:func:`fresh_diffmask_like` and trained like the original). Only the second tests whether the
+amortised explainer, as a whole, depends on the model.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from attribution_analysis.methods.base import AttributionMethod
+from attribution_analysis.methods.diffmask.diffmask import DIFFMASK
 from attribution_analysis.methods.diffmask.train_diffmask import split_batch
 from attribution_analysis.models.nrms import NRMS
 
@@ -29,6 +36,9 @@ MethodFactory = Callable[[nn.Module], AttributionMethod]
 SEED_OFFSET = 1_000_003
 """Added to ``seed`` before seeding the re-initialisation, so that seed k does not redraw the
 very weights of a model that was built right after ``torch.manual_seed(k)``."""
+
+NON_CONSTRUCTOR_SETTINGS = ("explained_model", "baseline_used")
+"""Keys of ``DIFFMASK.settings`` that record facts rather than constructor arguments."""
 
 
 def _reinit(module: nn.Module, std: float) -> None:
@@ -82,6 +92,23 @@ def randomize_top_layers(
     return model
 
 
+def fresh_diffmask_like(diffmask: DIFFMASK, model: nn.Module, seed: int | None = None) -> DIFFMASK:
+    """An untrained DIFFMASK with ``diffmask``'s settings for ``model`` (a model of the same shape,
+    e.g. a randomised copy): a new probe, baseline and Lagrange multiplier.
+
+    With ``seed`` the probe is initialised after ``torch.manual_seed(seed)`` inside a forked RNG
+    state (the caller's RNG state is unchanged), as :meth:`Workspace.build_diffmask` does with
+    the config's seed: the same seed gives the original run's initial probe. Without it the
+    global RNG is used as it stands.
+    """
+    kwargs = {k: v for k, v in diffmask.settings.items() if k not in NON_CONSTRUCTOR_SETTINGS}
+    if seed is None:
+        return DIFFMASK(model, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return DIFFMASK(model, **kwargs)
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation (scipy); nan with fewer than 2 values or a constant side."""
     if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
@@ -109,16 +136,20 @@ def sanity_check(
     seed: int = 0,
     include_head: bool = True,
     device: torch.device | str | None = None,
+    randomised_factory: MethodFactory | None = None,
 ) -> dict:
     """Spearman correlation between attributions of ``model`` and of its randomised copy.
 
     Args:
-        method_factory: ``model -> AttributionMethod`` (called on the original and the copy).
+        method_factory: ``model -> AttributionMethod``, called on the original (and on the copy
+            unless ``randomised_factory`` is given).
         model: the NRMS recommender.
         batches: loader batches (``input_ids``, ``attention_mask``, context tensors).
         n_layers: PLM layers re-initialised from the top (default: all).
         seed: seed of the re-initialisation.
         include_head: also re-initialise the news encoder's attention and pooling.
+        randomised_factory: ``randomised copy -> AttributionMethod`` (default
+            ``method_factory``), e.g. one that retrains the method's trained parts on the copy.
 
     Returns:
         ``spearman_mean`` (mean over examples with a defined correlation; range [-1, 1], lower
@@ -132,7 +163,8 @@ def sanity_check(
     randomised = randomize_top_layers(model, n_layers, seed, include_head).to(device)
     original_method = method_factory(model)
     before = _attributions(original_method, batches, device)
-    after = _attributions(method_factory(randomised), batches, device)
+    after_factory = method_factory if randomised_factory is None else randomised_factory
+    after = _attributions(after_factory(randomised), batches, device)
     rhos = [spearman(a, b) for a, b in zip(before, after)]
     finite = [r for r in rhos if not math.isnan(r)]
     return {
@@ -147,4 +179,11 @@ def sanity_check(
     }
 
 
-__all__ = ["SEED_OFFSET", "randomize_top_layers", "sanity_check", "spearman"]
+__all__ = [
+    "NON_CONSTRUCTOR_SETTINGS",
+    "SEED_OFFSET",
+    "fresh_diffmask_like",
+    "randomize_top_layers",
+    "sanity_check",
+    "spearman",
+]

@@ -116,8 +116,18 @@ METRICS: dict[str, MetricSpec] = {
             -1,
             1,
             False,
-            "Spearman correlation of attributions before/after randomising the model's weights; "
-            "high means the method ignores the model.",
+            "Sanity (fixed probe): Spearman correlation of attributions before/after randomising "
+            "the model's top layers and head, trained parts (DIFFMASK's probe and baseline) kept "
+            "fixed; high means the method ignores the model.",
+        ),
+        _spec(
+            "sanity_spearman_retrained",
+            -1,
+            1,
+            False,
+            "Sanity (retrained): as sanity_spearman, but DIFFMASK's probe and baseline are "
+            "retrained from scratch on the randomised model (same examples, settings and "
+            "training); tests the amortised explainer as a whole (target <= 0.3).",
         ),
         _spec(
             "within_margin_share",

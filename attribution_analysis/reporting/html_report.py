@@ -32,7 +32,16 @@ POSITIVE_RGB: tuple[int, int, int] = (202, 0, 32)
 NEGATIVE_RGB: tuple[int, int, int] = (5, 113, 176)
 WHITE_RGB: tuple[int, int, int] = (255, 255, 255)
 
-TOP_WORD_COLUMNS: tuple[str, ...] = ("word", "mean_score", "kept_share", "count")
+TOP_WORD_COLUMNS: tuple[str, ...] = (
+    "word",
+    "kept_share_lcb",
+    "kept_share",
+    "kept_count",
+    "count",
+    "mean_score",
+)
+#: Colour scales of the word heatmaps (see :func:`write_report`).
+SCORE_SCALES: tuple[str, ...] = ("absolute", "per_sample")
 MISSING = "—"
 _STRIP_CHARS = string.punctuation + string.whitespace + "“”‘’«»…"
 
@@ -176,16 +185,49 @@ def _section(section_id: str, heading: str, body: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _scale(scores: Sequence[Any]) -> tuple[float, bool]:
-    """Return the per-sample normalisation (max absolute score) and whether it is diverging."""
-    finite = [s for s in (_finite(v) for v in scores) if s is not None]
-    if not finite:
-        return 0.0, False
-    return max(abs(s) for s in finite), min(finite) < 0
+def _finite_scores(scores: Sequence[Any]) -> list[float]:
+    """The finite numbers among ``scores``."""
+    return [s for s in (_finite(v) for v in scores) if s is not None]
+
+
+def _sample_scores(sample: Mapping[str, Any]) -> list[Any]:
+    """All word and token scores of a sample."""
+    return [*(sample.get("word_scores") or []), *(sample.get("token_scores") or [])]
+
+
+def resolve_score_scale(samples: Sequence[Mapping[str, Any]], score_scale: str | None) -> str:
+    """The heatmap colour scale: ``score_scale`` itself, or chosen from the data when ``None``.
+
+    ``"absolute"`` when every finite word and token score of every sample lies in [0, 1]
+    (probabilities, e.g. DIFFMASK's probability of keeping a word), else ``"per_sample"``.
+    """
+    if score_scale is not None:
+        if score_scale not in SCORE_SCALES:
+            raise ValueError(f"score_scale must be one of {SCORE_SCALES}, got {score_scale!r}")
+        return score_scale
+    bounded = all(0.0 <= s <= 1.0 for x in samples for s in _finite_scores(_sample_scores(x)))
+    return "absolute" if bounded else "per_sample"
+
+
+def _scale(scores: Sequence[Any], score_scale: str) -> tuple[float, bool]:
+    """The score shown at full colour and whether the sample's scores are diverging.
+
+    Absolute scale: 1 (scores are probabilities in [0, 1]). Per-sample scale: the sample's
+    largest absolute score.
+    """
+    finite = _finite_scores(scores)
+    diverging = bool(finite) and min(finite) < 0
+    if score_scale == "absolute":
+        return 1.0, diverging
+    return (max(abs(s) for s in finite) if finite else 0.0), diverging
 
 
 def _colour(score: float | None, scale: float) -> tuple[str, str]:
-    """Background and text colour for a score, given the sample's max absolute score."""
+    """Background and text colour for a score; ``|score| >= scale`` gets the full colour.
+
+    The intensity is ``t = min(|score| / scale, 1)``, mixed linearly from white to red
+    (``score >= 0``) or blue (``score < 0``).
+    """
     if score is None or scale <= 0:
         return "transparent", "inherit"
     t = min(abs(score) / scale, 1.0)
@@ -194,9 +236,11 @@ def _colour(score: float | None, scale: float) -> tuple[str, str]:
     return f"rgb({','.join(map(str, rgb))})", "#fff" if t > 0.55 else "#1a1a1a"
 
 
-def _heat_spans(units: Sequence[Any], scores: Sequence[Any], gold: set[str] | None) -> str:
+def _heat_spans(
+    units: Sequence[Any], scores: Sequence[Any], gold: set[str] | None, score_scale: str
+) -> str:
     """Render words (or tokens) as colour-coded spans carrying their exact score."""
-    scale, _ = _scale(scores)
+    scale, _ = _scale(scores, score_scale)
     spans = []
     for index, unit in enumerate(units):
         raw = scores[index] if index < len(scores) else None
@@ -213,11 +257,15 @@ def _heat_spans(units: Sequence[Any], scores: Sequence[Any], gold: set[str] | No
     return " ".join(spans)
 
 
-def _scale_note(scores: Sequence[Any]) -> str:
+def _scale_note(scores: Sequence[Any], score_scale: str) -> str:
     """Short description of the sample's colour scale."""
-    scale, diverging = _scale(scores)
+    finite = _finite_scores(scores)
+    if score_scale == "absolute":
+        top = _fmt_float(max(finite)) if finite else MISSING
+        return f"colour scale: absolute 0–1, max score {top}"
+    scale, diverging = _scale(scores, score_scale)
     kind = "diverging (red +, blue −)" if diverging else "sequential"
-    return f"colour scale: {kind}, |score| max {_fmt_float(scale)}"
+    return f"colour scale: {kind}, normalised by |score| max {_fmt_float(scale)}"
 
 
 def _prob_row(label: str, value: Any, is_probability: bool) -> str:
@@ -275,13 +323,13 @@ def _history(titles: Sequence[Any]) -> str:
     return f'<aside class="history"><h4>Recent history ({len(titles)})</h4>{body}</aside>'
 
 
-def _tokens_details(tokens: Sequence[Any], scores: Sequence[Any]) -> str:
+def _tokens_details(tokens: Sequence[Any], scores: Sequence[Any], score_scale: str) -> str:
     """Collapsible token-level heatmap."""
     if not tokens:
         return ""
     return (
         f"<details><summary>tokens ({len(tokens)})</summary>"
-        f'<p class="heat tokens">{_heat_spans(tokens, scores, None)}</p></details>'
+        f'<p class="heat tokens">{_heat_spans(tokens, scores, None, score_scale)}</p></details>'
     )
 
 
@@ -297,7 +345,7 @@ def _search_text(sample: Mapping[str, Any], words: Sequence[Any]) -> str:
     return " ".join(str(f) for f in fields if f is not None).lower()
 
 
-def _sample_card(index: int, sample: Mapping[str, Any]) -> str:
+def _sample_card(index: int, sample: Mapping[str, Any], score_scale: str) -> str:
     """Render one sample as a card with its word heatmap, probabilities and history."""
     words = list(sample.get("words") or [])
     scores = list(sample.get("word_scores") or [])
@@ -308,7 +356,10 @@ def _sample_card(index: int, sample: Mapping[str, Any]) -> str:
     title = str(sample.get("title") or "")
     same = " ".join(map(str, words)) == title
     original = "" if same else f'<p class="orig-title muted">{_e(title)}</p>'
-    max_score = max((s for s in map(_finite, scores) if s is not None), default=None)
+    max_score = max(_finite_scores(scores), default=None)
+    tokens = _tokens_details(
+        sample.get("tokens") or [], sample.get("token_scores") or [], score_scale
+    )
     attrs = (
         f'data-index="{index}" data-orig="{_e(_data_number(sample.get("original_prob")))}" '
         f'data-div="{_e(_data_number(sample.get("divergence")))}" '
@@ -317,16 +368,28 @@ def _sample_card(index: int, sample: Mapping[str, Any]) -> str:
     )
     main = (
         f'<div class="sample-main">{_ids_line(sample)}'
-        f'<p class="heat title-heat">{_heat_spans(words, scores, gold)}</p>{original}'
-        f'<p class="scale-note muted">{_e(_scale_note(scores))}</p>'
-        f"{_gold_line(gold_words)}{_probabilities(sample)}"
-        f"{_tokens_details(sample.get('tokens') or [], sample.get('token_scores') or [])}</div>"
+        f'<p class="heat title-heat">{_heat_spans(words, scores, gold, score_scale)}</p>'
+        f'{original}<p class="scale-note muted">{_e(_scale_note(scores, score_scale))}</p>'
+        f"{_gold_line(gold_words)}{_probabilities(sample)}{tokens}</div>"
     )
     history = _history(sample.get("history_titles") or [])
     return f'<article class="sample" {attrs}>{main}{history}</article>'
 
 
-def _samples_section(samples: Sequence[Mapping[str, Any]]) -> str:
+_LEGENDS = {
+    "absolute": (
+        "Shading: probability that the word is kept, absolute scale 0–1 "
+        '(white = 0, <span class="swatch pos"></span> = 1), the same for every sample'
+    ),
+    "per_sample": (
+        "Shading: attribution score normalised per sample by its largest |score| "
+        '(<span class="swatch pos"></span> supports the click, '
+        '<span class="swatch neg"></span> against it)'
+    ),
+}
+
+
+def _samples_section(samples: Sequence[Mapping[str, Any]], score_scale: str) -> str:
     """Filter/sort controls followed by one card per sample."""
     controls = (
         '<div class="controls">'
@@ -340,12 +403,11 @@ def _samples_section(samples: Sequence[Mapping[str, Any]]) -> str:
         '<label>Order <select id="sample-dir"><option value="desc">descending</option>'
         '<option value="asc">ascending</option></select></label>'
         f'<span id="sample-count" class="muted">{len(samples)} samples</span></div>'
-        '<p class="legend muted">Words are shaded by attribution score, normalised per sample '
-        '(<span class="swatch pos"></span> supports the click, <span class="swatch neg"></span> '
-        'against it); <span class="gold-demo">underlined</span> words are gold rationale words. '
+        f'<p class="legend muted" data-scale="{_e(score_scale)}">{_LEGENDS[score_scale]}; '
+        '<span class="gold-demo">underlined</span> words are gold rationale words. '
         "Hover a word for its exact score.</p>"
     )
-    cards = "".join(_sample_card(i, s) for i, s in enumerate(samples))
+    cards = "".join(_sample_card(i, s, score_scale) for i, s in enumerate(samples))
     body = cards or '<p class="muted">No samples.</p>'
     return _section("samples", "Samples", f'{controls}<div id="samples-list">{body}</div>')
 
@@ -393,6 +455,7 @@ figcaption{font-size:.85rem;color:var(--muted)}
 .controls input,.controls select{font:inherit;padding:4px 8px;border:1px solid var(--line);
  border-radius:5px;margin-left:4px}
 .legend{font-size:.85rem;margin:4px 0 12px}
+.rule{font-size:.88rem;margin:0 0 8px}
 .swatch{display:inline-block;width:.9em;height:.9em;vertical-align:-1px;border-radius:2px}
 .swatch.pos{background:rgb(202,0,32)}
 .swatch.neg{background:rgb(5,113,176)}
@@ -510,6 +573,14 @@ def _comparison_section(
     return _section("comparison", "Method comparison", body)
 
 
+def _top_words_section(top_words: Sequence[Mapping[str, Any]], rule: str | None) -> str:
+    """The dataset's top-words table, preceded by the sentence stating how it was ranked."""
+    note = f'<p class="rule muted">{_e(rule)}</p>' if rule else ""
+    return _section(
+        "top-words", "Top words", note + _table(TOP_WORD_COLUMNS, top_words, "top-words")
+    )
+
+
 def render_report(
     *,
     title: str,
@@ -520,15 +591,18 @@ def render_report(
     training_plots: Mapping[str, str | os.PathLike] | None = None,
     comparison: Sequence[Mapping[str, Any]] | None = None,
     comparison_plots: Mapping[str, str | os.PathLike] | None = None,
+    score_scale: str | None = None,
+    top_words_rule: str | None = None,
 ) -> str:
     """Return the report as an HTML string (see :func:`write_report`)."""
+    scale = resolve_score_scale(samples, score_scale)
     body = "".join(
         [
             _header(title, settings, summary, bool(comparison or comparison_plots)),
             _section("training", "Training curves", _figures(training_plots)),
-            _section("top-words", "Top words", _table(TOP_WORD_COLUMNS, top_words, "top-words")),
+            _top_words_section(top_words, top_words_rule),
             _comparison_section(comparison, comparison_plots),
-            _samples_section(samples),
+            _samples_section(samples, scale),
         ]
     )
     return (
@@ -553,15 +627,29 @@ def write_report(
     training_plots: dict[str, str | Path] | None = None,
     comparison: list[dict] | None = None,
     comparison_plots: dict[str, str | Path] | None = None,
+    score_scale: str | None = None,
+    top_words_rule: str | None = None,
 ) -> Path:
     """Write a standalone HTML report of an attribution run to ``path`` (atomically).
 
     Sections: run settings and summary metrics; training curves; the dataset's top words
-    (``word``, ``mean_score``, ``kept_share``, ``count``); the method comparison (rows whose first
-    key is ``method``) and its plots when given; then one card per sample with the title as a
-    word heatmap, gold rationale words underlined, original/masked click probability,
-    divergence and the user's recent history. Samples can be filtered and sorted in the page.
-    Plot paths are embedded as base64 data URIs; the file references nothing outside itself.
+    (columns :data:`TOP_WORD_COLUMNS`, missing cells shown as a dash) under the sentence
+    ``top_words_rule`` that states how they were selected and ranked; the method comparison
+    (rows whose first key is ``method``) and its plots when given; then one card per sample with
+    the title as a word heatmap, gold rationale words underlined, original/masked click
+    probability, divergence and the user's recent history. Samples can be filtered and sorted
+    in the page. Plot paths are embedded as base64 data URIs; the file references nothing
+    outside itself.
+
+    ``score_scale`` sets the heatmap colours, and the legend says which one is used:
+
+    - ``"absolute"``: scores are probabilities in [0, 1] (DIFFMASK's probability of keeping a
+      word) shown as they are, ``0`` white and ``1`` full red, identical across samples, so a
+      sample in which nothing was kept stays white;
+    - ``"per_sample"``: each sample's scores are divided by its largest ``|score|``, positive
+      red and negative blue (for unbounded, signed methods such as gradients);
+    - ``None`` (default): ``"absolute"`` when every finite word and token score of every sample
+      lies in [0, 1], else ``"per_sample"``.
     """
     text = render_report(
         title=title,
@@ -572,5 +660,7 @@ def write_report(
         training_plots=training_plots,
         comparison=comparison,
         comparison_plots=comparison_plots,
+        score_scale=score_scale,
+        top_words_rule=top_words_rule,
     )
     return atomic_write_text(path, text)

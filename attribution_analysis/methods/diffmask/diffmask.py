@@ -22,6 +22,7 @@ All three are monotone in each probe's ``log_alpha``, so with one probe their ra
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ PROBE_TYPES = ("simple", "layerwise")
 READOUTS = ("keep_probability", "sigmoid", "deterministic")
 BASELINE_INITS = ("mask", "zeros", "pad")
 CONSTRAINTS = ("per_example", "mean")
+SPARSITY_LOSSES = ("l0", "log_l0")
 
 
 @dataclass
@@ -62,6 +64,7 @@ class DiffMaskStep:
     masked: torch.Tensor
     gates: torch.Tensor
     probe: ProbeOutput
+    scorable: torch.Tensor
 
 
 class DIFFMASK(nn.Module):
@@ -121,6 +124,8 @@ class DIFFMASK(nn.Module):
         probe_init_bias: float = 3.0,
         constraint: str = "per_example",
         within_margin_goal: float = 0.95,
+        sparsity_loss: str = "l0",
+        logit_decay: float = 1e-3,
     ) -> None:
         super().__init__()
         adapter = make_adapter(model)
@@ -135,9 +140,15 @@ class DIFFMASK(nn.Module):
         divergence = adapter.check_divergence(divergence or adapter.default_divergence)
         if constraint not in CONSTRAINTS:
             raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {constraint!r}")
+        if sparsity_loss not in SPARSITY_LOSSES:
+            raise ValueError(
+                f"sparsity_loss must be one of {SPARSITY_LOSSES}, got {sparsity_loss!r}"
+            )
+        if not (logit_decay >= 0 and math.isfinite(logit_decay)):
+            raise ValueError(f"logit_decay must be a finite number >= 0, got {logit_decay}")
         if not 0 < within_margin_goal <= 1:
             raise ValueError(f"within_margin_goal must be in (0, 1], got {within_margin_goal}")
-        if constraint_margin <= 0:
+        if not (constraint_margin > 0 and math.isfinite(constraint_margin)):
             raise ValueError(f"constraint_margin must be > 0, got {constraint_margin}")
         if not 0 <= lambda_init <= lambda_max:
             raise ValueError("need 0 <= lambda_init <= lambda_max")
@@ -163,6 +174,8 @@ class DIFFMASK(nn.Module):
             "probe_init_bias": float(probe_init_bias),
             "constraint": constraint,
             "within_margin_goal": float(within_margin_goal),
+            "sparsity_loss": sparsity_loss,
+            "logit_decay": float(logit_decay),
             "explained_model": adapter.name,
         }
         self.gates = StochasticGates(temperature=temperature, stretch=stretch)
@@ -285,6 +298,7 @@ class DIFFMASK(nn.Module):
             masked=masked.output,
             gates=probe.gates,
             probe=probe,
+            scorable=scorable,
         )
 
     def lagrangian(self, step: DiffMaskStep) -> torch.Tensor:
@@ -298,7 +312,37 @@ class DIFFMASK(nn.Module):
         excess = step.divergence - self.margin
         if self.settings["constraint"] == "per_example":
             excess = excess.clamp(min=0.0)
-        return step.l0.mean() + self.lagrange_multiplier * excess.mean()
+        return (
+            self.sparsity_term(step)
+            + self.lagrange_multiplier * excess.mean()
+            + self.logit_penalty(step)
+        )
+
+    def sparsity_term(self, step: DiffMaskStep) -> torch.Tensor:
+        """The sparsity term of the loss, a scalar: the mean over examples of the mean over
+        their scorable tokens of ``P(z != 0)`` (``sparsity_loss="l0"``, the expected share of
+        kept tokens) or of ``log P(z != 0)`` (``"log_l0"``, the original code's form, whose
+        gradient does not fade as a gate closes)."""
+        log_prob = step.probe.log_prob_nonzero
+        per_token = log_prob.exp() if self.settings["sparsity_loss"] == "l0" else log_prob
+        n_tokens = step.scorable.sum(-1).clamp(min=1)
+        return ((per_token * step.scorable).sum(-1) / n_tokens).mean()
+
+    def logit_penalty(self, step: DiffMaskStep) -> torch.Tensor:
+        """``logit_decay * mean(log_alpha^2)`` over scorable tokens (and probes), a scalar.
+
+        Keeps every gate logit where its gradients are alive: a gate that a large lambda drove
+        far open (``log_alpha >> 0``, where the sampled gate sits at exactly 1 and the
+        sparsity gradient ``P (1 - P)`` vanishes) is pulled back, so it closes again when lambda
+        falls. Small enough (default 1e-3) not to move gates the objective needs: its pull at
+        ``log_alpha = 5`` is 0.01.
+        """
+        decay = self.settings["logit_decay"]
+        if decay == 0:
+            return step.l0.new_zeros(())
+        log_alpha = step.probe.log_alpha
+        scorable = step.scorable.expand_as(log_alpha).to(log_alpha.dtype)
+        return decay * (log_alpha.pow(2) * scorable).sum() / scorable.sum().clamp(min=1)
 
     def dual_signal(self, step: DiffMaskStep) -> torch.Tensor:
         """The ascent direction of lambda (its "gradient").

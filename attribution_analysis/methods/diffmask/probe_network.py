@@ -49,34 +49,34 @@ class ProbeOutput:
 
 
 class ProbeLayer(nn.Module):
-    """Two-layer MLP mapping ``[batch, tokens, input_dim]`` to bounded logits ``[batch, tokens]``.
+    """Two-layer MLP mapping ``[batch, tokens, input_dim]`` to gate logits ``[batch, tokens]``.
 
-    ``logit = tanh(mlp(x)) * logit_scale + bias`` with a learnable scalar ``bias`` initialised to
-    ``init_bias``. The last linear layer starts at zero, so the initial output is exactly
-    ``init_bias`` (with the default 5.0 every gate starts open, ``P(z != 0) ~ 0.99``), and the
-    logits always stay within ``bias +/- logit_scale``.
+    ``log_alpha = w2 . act(W1 x + b1) + bias`` with an **unbounded** output layer. The last
+    linear layer starts at zero, so every initial logit equals ``init_bias`` (at 3, every gate
+    starts open: ``P(z != 0) ~ 0.99`` with the default gates).
+
+    There is deliberately no ``tanh`` bound on the output: in float32 ``tanh`` is exactly +-1
+    beyond ``|x| ~ 9`` and its gradient exactly 0, so a probe pushed there by a large Lagrange
+    multiplier can never move again (a "dead" gate). Logits are instead kept in a range where
+    gradients flow by the objective's ``logit_decay`` term (see ``DIFFMASK.lagrangian``).
 
     Args:
         input_dim: feature size of the input.
         hidden_dim: MLP width; default ``max(input_dim // 2, 16)``.
-        init_bias: initial value of the output bias.
-        logit_scale: bound on ``|logit - bias|``.
-        activation: ``"gelu"`` or ``"tanh"``.
+        init_bias: initial value of every logit.
+        activation: ``"gelu"`` or ``"tanh"`` (hidden layer only).
     """
 
     def __init__(
         self,
         input_dim: int,
         hidden_dim: int | None = None,
-        init_bias: float = 5.0,
-        logit_scale: float = 10.0,
+        init_bias: float = 3.0,
         activation: str = "gelu",
     ) -> None:
         super().__init__()
         if input_dim <= 0:
             raise ValueError(f"input_dim must be positive, got {input_dim}")
-        if logit_scale <= 0:
-            raise ValueError(f"logit_scale must be positive, got {logit_scale}")
         if activation not in _ACTIVATIONS:
             raise ValueError(
                 f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"
@@ -85,7 +85,7 @@ class ProbeLayer(nn.Module):
         if hidden_dim <= 0:
             raise ValueError(f"hidden_dim must be positive, got {hidden_dim}")
         self.input_dim = input_dim
-        self.logit_scale = float(logit_scale)
+        self.norm = nn.LayerNorm(input_dim)
         self.mlp = nn.Sequential(
             nn.Linear(input_dim, hidden_dim),
             _ACTIVATIONS[activation](),
@@ -95,15 +95,11 @@ class ProbeLayer(nn.Module):
         nn.init.zeros_(self.mlp[-1].bias)
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
 
-    def extra_repr(self) -> str:
-        return f"logit_scale={self.logit_scale:.4g}"
-
     def forward(self, x: Tensor) -> Tensor:
         """``[batch, tokens, input_dim]`` -> logits ``log_alpha`` ``[batch, tokens]``."""
         if x.shape[-1] != self.input_dim:
             raise ValueError(f"ProbeLayer expects last dim {self.input_dim}, got {tuple(x.shape)}")
-        raw = self.mlp(x).squeeze(-1)
-        return torch.tanh(raw) * self.logit_scale + self.bias
+        return self.mlp(self.norm(x)).squeeze(-1) + self.bias
 
 
 def _keep_probability(log_prob_nonzero: Tensor, mask: Tensor) -> Tensor:

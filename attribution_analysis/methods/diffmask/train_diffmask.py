@@ -25,14 +25,32 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from attribution_analysis.methods.diffmask.convergence import (
+    ConvergenceRule,
+    ConvergenceStatus,
+    check_convergence,
+)
 from attribution_analysis.methods.diffmask.diffmask import DIFFMASK
 from attribution_analysis.methods.explained_model import ExplainedModel, make_adapter
 from attribution_analysis.methods.result import AttributionResult
 from attribution_analysis.utils.devices import make_accelerator, seed_everything
 from attribution_analysis.utils.io import atomic_torch_save, atomic_write
 
-NON_CONTEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "meta", "rows")
-CHECKPOINT_FORMAT = "diffmask/1"
+NON_CONTEXT_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "labels",
+    "meta",
+    "rows",
+    "rationale",
+)
+CHECKPOINT_FORMAT = "diffmask/2"
+"""Version 2: unbounded probe logits with a LayerNorm on the probe input (version 1 bounded them
+with ``tanh``); version-1 checkpoints are refused with this reason."""
+
+
+DEFAULT_CONVERGENCE = ConvergenceRule()
 
 
 class TrainingDiverged(RuntimeError):
@@ -48,6 +66,12 @@ class TrainingHistory:
     run_dir: Path | None = None
     best_epoch: int | None = None
     best_checkpoint: Path | None = None
+    convergence: dict | None = None
+
+    @property
+    def converged(self) -> bool:
+        """True when the stopping rule found lambda and the validation L0 level."""
+        return bool(self.convergence and self.convergence.get("converged"))
 
     def to_dict(self) -> dict:
         return {
@@ -56,6 +80,7 @@ class TrainingHistory:
             "run_dir": str(self.run_dir) if self.run_dir else None,
             "best_epoch": self.best_epoch,
             "best_checkpoint": str(self.best_checkpoint) if self.best_checkpoint else None,
+            "convergence": self.convergence,
         }
 
 
@@ -114,6 +139,11 @@ def _read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"DIFFMASK checkpoint not found: {path}")
     blob = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(blob, dict) and blob.get("format") == "diffmask/1":
+        raise ValueError(
+            f"{path}: a DIFFMASK checkpoint of format diffmask/1 (tanh-bounded probe), which "
+            f"this version ({CHECKPOINT_FORMAT}) cannot load; train a new one"
+        )
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a DIFFMASK checkpoint (format {CHECKPOINT_FORMAT})")
     return blob
@@ -250,6 +280,7 @@ def _restore(diffmask, optimizers, scheduler, gen, blob, ckpt_dir: Path) -> Trai
     gen.set_state(blob["generator"])
     saved = json.loads(blob["history"])
     history = TrainingHistory(saved["steps"], saved["epochs"], None, saved["best_epoch"])
+    history.convergence = saved.get("convergence")
     if saved["best_checkpoint"]:
         history.best_checkpoint = ckpt_dir / "best.pt"
     return history
@@ -258,8 +289,8 @@ def _restore(diffmask, optimizers, scheduler, gen, blob, ckpt_dir: Path) -> Trai
 def train_diffmask(
     diffmask: DIFFMASK,
     train_loader: Iterable,
-    n_epochs: int = 10,
-    lr_probe: float = 1e-2,
+    n_epochs: int = 30,
+    lr_probe: float = 1e-3,
     lr_baseline: float = 1e-3,
     lr_lambda: float = 0.5,
     device: str = "cpu",
@@ -273,9 +304,14 @@ def train_diffmask(
     mixed_precision: str = "no",
     quiet: bool = False,
     save_checkpoints: bool = True,
+    convergence: ConvergenceRule | None = DEFAULT_CONVERGENCE,
 ) -> TrainingHistory:
     """Train ``diffmask`` on batches from ``train_loader`` (dicts with ``input_ids``,
     ``attention_mask`` and context tensors such as ``history_emb``).
+
+    Training stops when ``convergence`` finds lambda and the validation L0 level (see
+    :mod:`.convergence`), or at the cap of ``n_epochs`` epochs, in which case the run says so
+    and ``history.converged`` is False. ``convergence=None`` always runs ``n_epochs`` epochs.
 
     Resumes from the latest ``diffmask_epoch_<N>.pt`` in ``output_dir/checkpoints`` when
     ``resume`` is true; the result equals an uninterrupted run (seeded, CPU). Returns the
@@ -308,8 +344,11 @@ def train_diffmask(
         default=math.inf,
     )
     fingerprint = diffmask.adapter.fingerprint() if save_checkpoints else ""  # hashed once
+    done = history.converged and convergence is not None
     with frozen(model):
         for epoch in range(start + 1, n_epochs + 1):
+            if done:
+                break
             torch.manual_seed(seed * 7919 + epoch)  # loader shuffles depend on the epoch only
             diffmask.train()
             rows = []
@@ -349,6 +388,11 @@ def train_diffmask(
                 if val["within_margin"] >= target_within_margin and val["l0"] < best_l0:
                     best_l0, history.best_epoch = val["l0"], epoch
             history.epochs.append(summary)
+            if convergence is not None:
+                status = check_convergence(history.epochs, convergence)
+                summary["converged"] = status.converged
+                history.convergence = {**status.to_dict(), "rule": convergence.to_dict()}
+                done = status.converged
             if not quiet:
                 print(
                     "[diffmask] "
@@ -367,6 +411,7 @@ def train_diffmask(
                 atomic_torch_save(path, blob)
                 if history.best_epoch == epoch:
                     atomic_torch_save(ckpt_dir / "best.pt", blob)
+    _report_convergence(history, convergence, n_epochs, quiet)
     if history.best_checkpoint is not None and history.best_checkpoint.is_file():
         diffmask.load_state_dict(_read_checkpoint(history.best_checkpoint)["state"])
     elif val_loader is not None and not quiet:
@@ -381,6 +426,26 @@ def train_diffmask(
         )
     diffmask.eval()
     return history
+
+
+def _report_convergence(
+    history: TrainingHistory, rule: ConvergenceRule | None, n_epochs: int, quiet: bool
+) -> None:
+    """Say plainly whether training converged or stopped at the epoch cap."""
+    if rule is None or history.convergence is None:
+        return
+    fields = {k: v for k, v in history.convergence.items() if k != "rule"}
+    status = ConvergenceStatus(**fields)
+    history.convergence["stop_reason"] = "converged" if status.converged else "epoch cap"
+    if quiet:
+        return
+    if status.converged:
+        print(f"[diffmask] {status.describe()}")
+    else:
+        print(
+            f"[diffmask] WARNING: stopped at the epoch cap ({n_epochs}) without converging: "
+            f"{status.describe()}. Raise n_epochs to train further (the run resumes)."
+        )
 
 
 # ---------------------------------------------------------------------- extraction

@@ -1,0 +1,105 @@
+"""When DIFFMASK training has converged: the Lagrange multiplier and the validation L0 level off.
+
+A Lagrangian run has converged when the dual variable stops moving (the constraint is balanced
+against sparsity) and the quantity being minimised, the expected share of kept tokens on
+validation data, stops moving too. Both are read from the per-epoch summaries that
+``train_diffmask`` records: ``lambda`` (the mean multiplier over the epoch's steps) and
+``val_l0`` (``l0``, the training mean, when there is no validation loader).
+
+Over the last ``window`` epochs (``window + 1`` values, so ``window`` changes):
+
+    spread(lambda) <= lambda_atol + lambda_rtol * mean(|lambda|)
+    spread(L0)     <= l0_atol
+
+where ``spread`` is max - min. The absolute tolerance on lambda lets a multiplier that hovers
+near 0 (a slack constraint: every example is inside the margin without pressure) count as level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ConvergenceRule:
+    """Tolerances of the stopping rule (defaults are the library's).
+
+    Attributes:
+        window: epochs over which both quantities must be level (needs ``window + 1`` epochs).
+        lambda_rtol: relative tolerance on the spread of the epoch-mean lambda.
+        lambda_atol: absolute tolerance on that spread.
+        l0_atol: absolute tolerance on the spread of the validation L0 (share of kept tokens).
+        min_epochs: never stop before this many epochs.
+    """
+
+    window: int = 3
+    lambda_rtol: float = 0.1
+    lambda_atol: float = 1.0
+    l0_atol: float = 0.01
+    min_epochs: int = 4
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
+        for name in ("lambda_rtol", "lambda_atol", "l0_atol"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.min_epochs < 1:
+            raise ValueError(f"min_epochs must be >= 1, got {self.min_epochs}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ConvergenceStatus:
+    """Whether the run has converged after the last epoch, and the measured spreads.
+
+    ``lambda_spread``/``l0_spread`` are ``None`` while fewer than ``window + 1`` epochs exist.
+    """
+
+    converged: bool
+    epochs: int
+    lambda_spread: float | None
+    lambda_tolerance: float | None
+    l0_spread: float | None
+    l0_tolerance: float
+
+    def describe(self) -> str:
+        """One line for logs and reports."""
+        if self.lambda_spread is None:
+            return f"{self.epochs} epoch(s): too few to judge convergence"
+        state = "converged" if self.converged else "not converged"
+        return (
+            f"{state} after {self.epochs} epochs: lambda spread {self.lambda_spread:.3g} "
+            f"(tolerance {self.lambda_tolerance:.3g}), validation L0 spread "
+            f"{self.l0_spread:.3g} (tolerance {self.l0_tolerance:.3g}) over the last epochs"
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _l0_series(epochs: Sequence[dict]) -> list[float]:
+    key = "val_l0" if all("val_l0" in e for e in epochs) else "l0"
+    return [float(e[key]) for e in epochs]
+
+
+def check_convergence(epochs: Sequence[dict], rule: ConvergenceRule) -> ConvergenceStatus:
+    """Apply ``rule`` to the per-epoch summaries (each with ``lambda`` and ``val_l0``/``l0``)."""
+    n = len(epochs)
+    if n < rule.window + 1:
+        return ConvergenceStatus(False, n, None, None, None, rule.l0_atol)
+    recent = list(epochs)[-(rule.window + 1) :]
+    lambdas = [float(e["lambda"]) for e in recent]
+    l0s = _l0_series(recent)
+    lambda_spread = max(lambdas) - min(lambdas)
+    lambda_tol = rule.lambda_atol + rule.lambda_rtol * sum(abs(v) for v in lambdas) / len(lambdas)
+    l0_spread = max(l0s) - min(l0s)
+    converged = n >= rule.min_epochs and lambda_spread <= lambda_tol and l0_spread <= rule.l0_atol
+    return ConvergenceStatus(converged, n, lambda_spread, lambda_tol, l0_spread, rule.l0_atol)
+
+
+__all__ = ["ConvergenceRule", "ConvergenceStatus", "check_convergence"]

@@ -1,0 +1,116 @@
+"""The news benchmark's smoke mode end to end: the JSON report has the expected keys and finite
+numbers, and two runs of the same seed give a seed-to-seed sd of exactly 0; and the subset of a
+method evaluation it splits by predicted decision."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from attribution_analysis.evaluation.compare import MethodEvaluation, subset_evaluation
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_news", REPO / "benchmarks/bench_news.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """The smoke run with seed 0 twice, in a folder holding copies of the tiny configs."""
+    root = tmp_path_factory.mktemp("bench_news")
+    for rel in ("configs/attribution/tiny_test.yaml", "configs/recommender/tiny_test.yaml"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / rel, root / rel)
+    bench = _load_bench()
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert bench.main(["--smoke", "--seeds", "0,0", "--out", "bench", "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+        mp.undo()
+    assert (root / "bench/bench_news.md").read_text().startswith("# News benchmark")
+    return json.loads((root / "bench/bench_news.json").read_text()), bench
+
+
+def _finite(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x)
+
+
+@pytest.mark.slow
+def test_report_keys_and_finite_numbers(report):
+    data, bench = report
+    assert set(data) >= {"settings", "environment", "per_seed", "summary", "targets"}
+    assert data["settings"]["n_samples"] == 16 and data["settings"]["seeds"] == [0, 0]
+    assert [s["seed"] for s in data["per_seed"]] == [0, 0]
+    assert data["phases_seconds"]["total"] > 0
+    dm = data["summary"]["diffmask"]
+    assert set(dm) == set(bench.SUBSETS)
+    assert dm["all"]["n_samples"] == 16
+    assert dm["predicted_click"]["n_samples"] + dm["predicted_non_click"]["n_samples"] == 16
+    for key in bench.DIFFMASK_METRICS:
+        assert _finite(dm["all"][key]["mean"]), key
+    methods = data["summary"]["methods"]
+    assert set(methods) == set(bench.REMOVALS)
+    for removal in bench.REMOVALS:
+        assert set(methods[removal]) == set(bench.SUBSETS)
+        block = methods[removal]["all"]
+        assert list(block) == ["diffmask", "ig", "random"]
+        for name, cell in block.items():
+            assert cell["n_examples"] == 16
+            for metric in bench.METHOD_METRICS:
+                assert _finite(cell[metric]["mean"]), (removal, name, metric)
+    names = [t["target"] for t in data["targets"]]
+    assert len(names) == 7 and all(t["met"] in (True, False, None) for t in data["targets"])
+
+
+@pytest.mark.slow
+def test_same_seed_twice_gives_zero_sd(report):
+    data, bench = report
+    dm = data["summary"]["diffmask"]["all"]
+    for key in bench.DIFFMASK_METRICS:
+        assert dm[key]["sd"] == 0.0, key
+    for removal in bench.REMOVALS:
+        for name, cell in data["summary"]["methods"][removal]["all"].items():
+            for metric in bench.METHOD_METRICS:
+                assert cell[metric]["sd"] == 0.0, (removal, name, metric)
+
+
+def test_subset_evaluation_keeps_gold_metrics_aligned():
+    ev = MethodEvaluation("m")
+    for decision, has_gold, value in [
+        (1, True, 0.1),
+        (-1, False, 0.2),
+        (1, False, 0.3),
+        (1, True, 0.4),
+    ]:
+        ev.add("gini", value)
+        ev.add("decision", decision)
+        ev.add("has_gold", has_gold)
+        if has_gold:
+            ev.add("auprc", value)
+        ev.deletion.append(np.full(11, value))
+        ev.insertion.append(np.full(11, -value))
+    clicks = subset_evaluation(ev, [d > 0 for d in ev.values["decision"]])
+    assert clicks.values["gini"] == [0.1, 0.3, 0.4]
+    assert clicks.values["auprc"] == [0.1, 0.4]
+    assert [c[0] for c in clicks.deletion] == [0.1, 0.3, 0.4]
+    others = subset_evaluation(ev, [d < 0 for d in ev.values["decision"]])
+    assert others.values["gini"] == [0.2] and others.values["auprc"] == []
+    assert [c[0] for c in others.insertion] == [-0.2]
+    with pytest.raises(ValueError, match="flags"):
+        subset_evaluation(ev, [True])

@@ -1,0 +1,267 @@
+"""DIFFMASK learns: no gate is frozen by saturation, training stops when it has converged, and on
+a classifier whose decisive positions are known it finds them (better than the baselines)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from attribution_analysis.data.known_answer import MASK, PAD, SPECIAL_IDS, KeyCountTask
+from attribution_analysis.evaluation.known_answer import KnownAnswerSetup, run_known_answer
+from attribution_analysis.evaluation.plausibility import rationale_js_divergence
+from attribution_analysis.methods.diffmask import DIFFMASK
+from attribution_analysis.methods.diffmask.convergence import (
+    ConvergenceRule,
+    check_convergence,
+)
+from attribution_analysis.methods.diffmask.train_diffmask import train_diffmask
+from attribution_analysis.models.sequence_classifier import (
+    accuracy,
+    small_bert_classifier,
+    train_sequence_classifier,
+)
+
+TASK = KeyCountTask()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    """A 2-layer BERT classifier trained for a few seconds on the key-count task."""
+    torch.set_num_threads(1)
+    model = small_bert_classifier(
+        TASK.vocab_size, TASK.max_tokens, hidden_size=32, num_heads=2, num_labels=TASK.num_labels
+    )
+    train_sequence_classifier(model, TASK.generate(3000, seed=1), epochs=4)
+    assert accuracy(model, TASK.generate(500, seed=2)) > 0.7
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _diffmask(model, **kw) -> DIFFMASK:
+    torch.manual_seed(0)
+    return DIFFMASK(
+        model, special_token_ids=SPECIAL_IDS, mask_token_id=MASK, pad_token_id=PAD, **kw
+    )
+
+
+class _Phases:
+    """Train the probe with lambda held at a fixed value, then measure on fixed data."""
+
+    def __init__(self, diffmask: DIFFMASK) -> None:
+        self.dm = diffmask
+        self.data = TASK.generate(256, seed=3)
+        self.batches = list(DataLoader(self.data, batch_size=64))
+        self.opt = torch.optim.Adam(diffmask.probe.parameters(), lr=1e-2)
+        self.gen = torch.Generator().manual_seed(0)
+
+    def run(self, lam: float, steps: int) -> float:
+        """``steps`` updates at ``lambda = lam``; returns the deterministic mean L0 after."""
+        with torch.no_grad():
+            self.dm.lagrange_multiplier.fill_(lam)
+        self.dm.train()
+        for i in range(steps):
+            b = self.batches[i % len(self.batches)]
+            step = self.dm.step(b["input_ids"], b["attention_mask"], {}, generator=self.gen)
+            self.opt.zero_grad()
+            self.dm.lagrangian(step).backward()
+            self.opt.step()
+        self.dm.eval()
+        with torch.no_grad():
+            return self.dm.step(self.data.input_ids, self.data.attention_mask, {}).l0.mean().item()
+
+    def logit_gradients(self, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradient of the loss at ``lambda = lam`` w.r.t. every gate logit, and the scorable
+        mask (``[n_probes, batch, tokens]``, ``[batch, tokens]``)."""
+        with torch.no_grad():
+            self.dm.lagrange_multiplier.fill_(lam)
+        self.dm.train()
+        b = self.batches[0]
+        step = self.dm.step(b["input_ids"], b["attention_mask"], {}, generator=self.gen)
+        step.probe.log_alpha.retain_grad()
+        self.dm.probe.zero_grad()
+        self.dm.lagrangian(step).backward()
+        return step.probe.log_alpha.grad, step.scorable
+
+
+def test_gates_driven_open_by_a_large_lambda_close_when_it_falls_and_reopen(classifier):
+    phases = _Phases(_diffmask(classifier))
+    driven_open = phases.run(200.0, 200)
+    assert driven_open > 0.1  # the keys (about 1/6 of the tokens) are held open
+    log_alpha_max = phases.dm.step(phases.data.input_ids, phases.data.attention_mask, {})
+    assert log_alpha_max.probe.log_alpha.max() > 8  # far open: a tanh * 10 probe saturates here
+    closed = phases.run(0.0, 300)
+    assert closed < driven_open / 3  # lambda fell: the open gates closed again
+    reopened = phases.run(200.0, 200)
+    assert reopened > 0.1  # and the closed ones are not dead either
+
+
+def test_every_gate_logit_and_probe_weight_gets_a_gradient_when_saturated(classifier):
+    phases = _Phases(_diffmask(classifier))
+    phases.run(200.0, 200)  # drive gates far open / closed
+    for lam in (0.0, 200.0):
+        grad, scorable = phases.logit_gradients(lam)
+        live = grad[:, scorable]
+        assert torch.all(live != 0), f"lambda={lam}: {int((live == 0).sum())} dead gate logits"
+        for name, p in phases.dm.probe.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for {name}"
+
+
+def test_padding_and_special_tokens_get_no_gradient_and_no_l0(classifier):
+    phases = _Phases(_diffmask(classifier))
+    grad, scorable = phases.logit_gradients(1.0)
+    assert torch.all(grad[:, ~scorable] == 0)
+
+
+def test_logit_penalty_matches_its_formula(classifier):
+    dm = _diffmask(classifier, logit_decay=0.01)
+    data = TASK.generate(8, seed=4)
+    step = dm.step(data.input_ids, data.attention_mask, {})
+    la = step.probe.log_alpha[:, step.scorable]
+    torch.testing.assert_close(dm.logit_penalty(step), 0.01 * la.pow(2).mean())
+    off = _diffmask(classifier, logit_decay=0.0)
+    assert off.logit_penalty(off.step(data.input_ids, data.attention_mask, {})).item() == 0.0
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_bad_objective_settings_are_refused(classifier, bad):
+    with pytest.raises(ValueError, match="logit_decay"):
+        _diffmask(classifier, logit_decay=bad)
+    with pytest.raises(ValueError, match="sparsity_loss"):
+        _diffmask(classifier, sparsity_loss="l1")
+    with pytest.raises(ValueError, match="constraint_margin"):
+        _diffmask(classifier, constraint_margin=float("nan"))
+
+
+def test_sparsity_term_l0_and_log_l0(classifier):
+    data = TASK.generate(4, seed=5)
+    for kind in ("l0", "log_l0"):
+        dm = _diffmask(classifier, sparsity_loss=kind)
+        step = dm.step(data.input_ids, data.attention_mask, {})
+        lp = step.probe.log_prob_nonzero
+        per = lp.exp() if kind == "l0" else lp
+        expected = torch.stack([per[i][step.scorable[i]].mean() for i in range(len(data))]).mean()
+        torch.testing.assert_close(dm.sparsity_term(step), expected)
+
+
+# ------------------------------------------------------------------ convergence rule
+def _epochs(lambdas, l0s):
+    return [
+        {"epoch": i + 1, "lambda": a, "val_l0": b} for i, (a, b) in enumerate(zip(lambdas, l0s))
+    ]
+
+
+def test_convergence_rule_on_known_histories():
+    rule = ConvergenceRule(window=3, lambda_rtol=0.1, lambda_atol=1.0, l0_atol=0.01, min_epochs=4)
+    rising = check_convergence(_epochs([14, 40, 80, 110, 137], [0.3] * 5), rule)
+    assert not rising.converged and rising.lambda_spread == pytest.approx(97)
+    level = check_convergence(_epochs([14, 40, 50, 51, 52], [0.3, 0.25, 0.21, 0.205, 0.2]), rule)
+    # spread 2 <= 1 + 0.1 * mean(50, 51, 52) = 6.05 over the last 3 changes... but L0 moved 0.01
+    assert level.lambda_spread == pytest.approx(12) and not level.converged
+    level = check_convergence(_epochs([14, 50, 51, 52, 51], [0.3, 0.21, 0.205, 0.2, 0.2]), rule)
+    assert level.converged
+    assert level.lambda_tolerance == pytest.approx(1.0 + 0.1 * (50 + 51 + 52 + 51) / 4)
+    assert level.l0_spread == pytest.approx(0.01)
+    near_zero = check_convergence(_epochs([5, 0.0, 0.8, 0.1, 0.0], [0.2] * 5), rule)
+    assert near_zero.converged  # a slack constraint: lambda hovers near 0
+    too_early = ConvergenceRule(window=1, min_epochs=4)
+    assert not check_convergence(_epochs([1, 1, 1], [0.2] * 3), too_early).converged
+    assert not check_convergence(_epochs([1], [0.2]), rule).converged
+    with pytest.raises(ValueError):
+        ConvergenceRule(window=0)
+
+
+def test_training_stops_when_converged_and_says_when_it_did_not(classifier, capsys):
+    train = DataLoader(TASK.generate(512, seed=6), batch_size=64, shuffle=True)
+    val = DataLoader(TASK.generate(128, seed=7), batch_size=64)
+    dm = _diffmask(classifier)
+    history = train_diffmask(
+        dm, train, n_epochs=40, val_loader=val, save_checkpoints=False, quiet=True
+    )
+    assert history.converged and len(history.epochs) < 40
+    status = history.convergence
+    assert status["lambda_spread"] <= status["lambda_tolerance"]
+    assert status["l0_spread"] <= status["l0_tolerance"]
+    assert status["stop_reason"] == "converged"
+    capped = _diffmask(classifier)
+    history = train_diffmask(capped, train, n_epochs=2, val_loader=val, save_checkpoints=False)
+    assert not history.converged and history.convergence["stop_reason"] == "epoch cap"
+    assert "without converging" in capsys.readouterr().out
+
+
+def test_a_converged_run_does_not_train_further_on_resume(classifier, tmp_path):
+    train = DataLoader(TASK.generate(256, seed=6), batch_size=64)
+    val = DataLoader(TASK.generate(64, seed=7), batch_size=64)
+    rule = ConvergenceRule(window=1, lambda_atol=1e9, l0_atol=1.0, min_epochs=2)
+    first = train_diffmask(
+        _diffmask(classifier),
+        train,
+        10,
+        val_loader=val,
+        output_dir=tmp_path,
+        quiet=True,
+        convergence=rule,
+    )
+    assert first.converged and len(first.epochs) == 2
+    again = train_diffmask(
+        _diffmask(classifier),
+        train,
+        10,
+        val_loader=val,
+        output_dir=tmp_path,
+        quiet=True,
+        convergence=rule,
+    )
+    assert len(again.epochs) == 2
+
+
+# ------------------------------------------------------------------ known answer
+def test_rationale_js_divergence_closed_forms():
+    assert rationale_js_divergence([0, 1, 0, 1], [0, 3, 0, 3]) == pytest.approx(0.0)
+    assert rationale_js_divergence([1, 0], [0, 5]) == pytest.approx(1.0)
+    # p uniform over 4, q uniform over 2: JS = 1/2 [KL(p||m) + KL(q||m)], m = (3/8,3/8,1/8,1/8)
+    import math
+
+    kl_p = 2 * 0.25 * math.log2(0.25 / 0.375) + 2 * 0.25 * math.log2(0.25 / 0.125)
+    kl_q = 2 * 0.5 * math.log2(0.5 / 0.375)
+    assert rationale_js_divergence([1, 1, 0, 0], [0, 0, 0, 0]) == pytest.approx((kl_p + kl_q) / 2)
+    assert rationale_js_divergence([1, 1, 0, 0], [-2, 2, 0, 0]) == pytest.approx(0.0)
+    assert math.isnan(rationale_js_divergence([0, 0], [1, 2]))
+
+
+def test_key_count_task_rationale_is_the_keys():
+    data = TASK.generate(200, seed=0)
+    keys = (data.input_ids >= TASK.first_key) & (data.input_ids < TASK.first_filler)
+    assert torch.equal(keys.long(), data.rationale)
+    assert torch.equal(data.rationale.sum(-1), data.labels)
+    assert torch.equal(TASK.generate(200, seed=0).input_ids, data.input_ids)
+
+
+@pytest.mark.slow
+def test_known_answer_diffmask_finds_the_keys_and_beats_the_baselines():
+    setup = KnownAnswerSetup(
+        n_classifier_train=3000,
+        classifier_epochs=4,
+        n_diffmask_train=1000,
+        n_val=200,
+        n_test=200,
+        ig_steps=16,
+    )
+    result = run_known_answer(setup, seeds=[0])
+    assert result["classifier_accuracy"] > 0.95
+    s = {name: row["js"][0] for name, row in result["summary"].items()}
+    assert s["diffmask"] <= 0.05, s
+    for name in ("ig", "saliency", "random", "uniform"):
+        assert s["diffmask"] < s[name], s
+    d = result["per_seed"]["diffmask"][0]
+    assert d["converged"] and d["within_margin"] >= 0.95
+    assert d["distinct_scores"] > 20  # graded, not two values
