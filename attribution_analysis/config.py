@@ -121,14 +121,14 @@ class DiffMaskConfig:
     lr_lambda: float = 0.5
     probe_init_bias: float = 3.0
     constraint: str = "per_example"
-    within_margin_goal: float = 0.95
+    within_margin_goal: float = 0.97
     sparsity_loss: str = "l0"
     logit_decay: float = 1e-3
     lambda_init: float = 1.0
     lambda_max: float = 200.0
     warmup_steps: int = 0
     grad_clip: float = 1.0
-    target_within_margin: float = 0.9
+    target_within_margin: float = 0.95
     convergence_window: int = 3
     convergence_lambda_rtol: float = 0.1
     convergence_lambda_atol: float = 1.0

@@ -139,8 +139,10 @@ def test_report_renders_in_chromium(trained_run):
         rows = [json.loads(line) for line in (trained_run / "attributions.jsonl").open()]
         assert rows[0]["news_id"] in text
         with (trained_run / "top_words.csv").open() as handle:
-            top = next(csv.DictReader(handle))["word"]
-        assert top in text
+            top = [r["word"] for r in csv.DictReader(handle)]
+        if top:
+            assert top[0] in text
+        assert "Words seen at least" in text  # the ranking rule is stated
         assert "ig" in text and "random" in text  # the comparison table
         out = REPO / "output" / "test_artifacts"
         out.mkdir(parents=True, exist_ok=True)

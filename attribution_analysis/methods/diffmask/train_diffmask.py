@@ -241,13 +241,16 @@ def _train_step(diffmask, batch, device, optimizers, scheduler, grad_clip, gen, 
         opt.step()
     scheduler.step()
     diffmask.clamp_multiplier()
-    return {
+    out = {
         "loss": loss.item(),
         "l0": step.l0.mean().item(),
         "divergence": step.divergence.mean().item(),
         "within_margin": step.within_margin.float().mean().item(),
         "lambda": diffmask.lagrange_multiplier.item(),
     }
+    if step.delivered_within_margin is not None:
+        out["delivered_within_margin"] = step.delivered_within_margin.float().mean().item()
+    return out
 
 
 def _params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -298,7 +301,7 @@ def train_diffmask(
     output_dir: str | Path | None = None,
     warmup_steps: int = 0,
     grad_clip: float = 1.0,
-    target_within_margin: float = 0.9,
+    target_within_margin: float = 0.95,
     seed: int = 0,
     resume: bool = True,
     mixed_precision: str = "no",
@@ -380,7 +383,10 @@ def train_diffmask(
                     ok=f"{m['within_margin']:.2f}",
                 )
             summary = {"epoch": epoch}
-            for key in ("loss", "l0", "divergence", "within_margin", "lambda"):
+            keys = ["loss", "l0", "divergence", "within_margin", "lambda"]
+            if rows and "delivered_within_margin" in rows[0]:
+                keys.append("delivered_within_margin")
+            for key in keys:
                 summary[key] = sum(r[key] for r in rows) / max(len(rows), 1)
             if val_loader is not None:
                 val = validate(diffmask, val_loader, device_t)
