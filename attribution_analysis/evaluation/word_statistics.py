@@ -16,6 +16,8 @@ from typing import Any
 
 from scipy.stats import norm
 
+from attribution_analysis.utils.numbers import finite_float
+
 #: Default minimum number of occurrences for a word to be ranked.
 MIN_SUPPORT = 5
 #: Default score at or above which a word occurrence counts as kept.
@@ -88,16 +90,6 @@ def top_words_rule(
 TOP_WORDS_RULE: str = top_words_rule()
 
 
-def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def top_words(
     records: Iterable[Mapping[str, Any]],
     k: int,
@@ -130,7 +122,7 @@ def top_words(
         words = record.get("words") or []
         word_scores = record.get("word_scores") or []
         for word, raw in zip(words, word_scores):
-            score = _finite(raw)
+            score = finite_float(raw)
             if score is not None:
                 scores[str(word).lower()].append(score)
     rows = []

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from attribution_analysis.utils.io import atomic_write_text
+from attribution_analysis.utils.numbers import finite_float
 
 CSP = (
     "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
@@ -55,17 +56,6 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _finite(value: Any) -> float | None:
-    """Return ``value`` as a finite float, or ``None`` if it is missing or not a finite number."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _fmt_float(value: float) -> str:
     """Format a float for display with four decimals (scientific for very small/large values)."""
     if not math.isfinite(value):
@@ -98,7 +88,7 @@ def _is_number(value: Any) -> bool:
 
 def _data_number(value: Any) -> str:
     """Full-precision number for a ``data-*`` attribute (empty string when missing)."""
-    number = _finite(value)
+    number = finite_float(value)
     return "" if number is None else repr(number)
 
 
@@ -187,7 +177,7 @@ def _section(section_id: str, heading: str, body: str) -> str:
 
 def _finite_scores(scores: Sequence[Any]) -> list[float]:
     """The finite numbers among ``scores``."""
-    return [s for s in (_finite(v) for v in scores) if s is not None]
+    return [s for s in (finite_float(v) for v in scores) if s is not None]
 
 
 def _sample_scores(sample: Mapping[str, Any]) -> list[Any]:
@@ -244,7 +234,7 @@ def _heat_spans(
     spans = []
     for index, unit in enumerate(units):
         raw = scores[index] if index < len(scores) else None
-        score = _finite(raw)
+        score = finite_float(raw)
         background, colour = _colour(score, scale)
         is_gold = gold is not None and _normalise_word(unit) in gold
         exact = MISSING if score is None else repr(score)
@@ -270,7 +260,7 @@ def _scale_note(scores: Sequence[Any], score_scale: str) -> str:
 
 def _prob_row(label: str, value: Any, is_probability: bool) -> str:
     """One labelled value of the probability panel, with a bar for probabilities."""
-    number = _finite(value)
+    number = finite_float(value)
     bar = "<span></span>"
     if is_probability and number is not None:
         width = max(0.0, min(number, 1.0)) * 100

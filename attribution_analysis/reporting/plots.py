@@ -7,7 +7,6 @@ deterministic: fixed size and dpi, and no software/date metadata in the PNG.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from attribution_analysis.utils.io import atomic_write
+from attribution_analysis.utils.numbers import finite_float
 
 #: Metrics of the mask-training history that get one PNG each, with their y-axis labels.
 TRAINING_METRICS: dict[str, str] = {
@@ -50,21 +50,10 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     )
 
 
-def _as_float(value: Any) -> float | None:
-    """Return ``value`` as a finite float, or ``None`` if it is missing or not a finite number."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _x_key(rows: Sequence[Mapping[str, Any]]) -> str | None:
     """Return the x-axis key of the history rows: ``epoch``, else ``step``, else ``None``."""
     for key in ("epoch", "step"):
-        if any(_as_float(row.get(key)) is not None for row in rows):
+        if any(finite_float(row.get(key)) is not None for row in rows):
             return key
     return None
 
@@ -76,8 +65,8 @@ def _series(
     xs: list[float] = []
     ys: list[float] = []
     for index, row in enumerate(rows):
-        y = _as_float(row.get(key))
-        x = float(index) if x_key is None else _as_float(row.get(x_key))
+        y = finite_float(row.get(key))
+        x = float(index) if x_key is None else finite_float(row.get(x_key))
         if y is not None and x is not None:
             xs.append(x)
             ys.append(y)
@@ -159,7 +148,9 @@ def plot_curves(
     fig, ax = _new_figure()
     for method, (xs, ys) in curves.items():
         points = [
-            (x, y) for x, y in zip(map(_as_float, xs), map(_as_float, ys)) if None not in (x, y)
+            (x, y)
+            for x, y in zip(map(finite_float, xs), map(finite_float, ys))
+            if None not in (x, y)
         ]
         px = [x for x, _ in points]
         py = [y for _, y in points]
