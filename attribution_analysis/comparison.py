@@ -100,6 +100,7 @@ def sanity_rows(
     examples,
     out_dir: Path | None = None,
     quiet: bool = True,
+    retrain: bool = True,
 ) -> dict[str, dict[str, float | None]]:
     """Model-randomisation sanity check of each method (Adebayo et al. 2018): mean Spearman
     correlation of its attributions before and after randomising the news encoder's top
@@ -111,7 +112,8 @@ def sanity_rows(
       keeps its trained probe and baseline (:func:`rebind_diffmask`).
     * ``sanity_spearman_retrained``: DIFFMASK's probe and baseline retrained from scratch on the
       randomised model (:func:`retrain_diffmask`, checkpoints in ``out_dir / SANITY_DIR``, a
-      temporary folder without ``out_dir``); None for methods with nothing to retrain.
+      temporary folder without ``out_dir``); None for methods with nothing to retrain, and
+      for DIFFMASK when ``retrain`` is false.
     """
     batches = list(ws.loader(examples))
     out: dict[str, dict[str, float | None]] = {}
@@ -125,7 +127,7 @@ def sanity_rows(
             factory, ws.model, batches, n_layers=SANITY_LAYERS, seed=ws.config.seed
         )
         retrained = None
-        if name == "diffmask":
+        if name == "diffmask" and retrain:
             retrained = _retrained_sanity(ws, diffmask, factory, batches, out_dir, quiet)
         out[name] = dict(zip(SANITY_COLUMNS, (fixed["spearman_mean"], retrained)))
     return out
@@ -182,7 +184,10 @@ def run_comparison(
     )
     rows = comparison_table(evals, seed=ws.config.seed)
     sanity_examples = test[:SANITY_EXAMPLES]
-    sanity = sanity_rows(ws, names, diffmask, sanity_examples, out_dir=out_dir, quiet=quiet)
+    retrain = ws.config.sanity_retrain
+    sanity = sanity_rows(
+        ws, names, diffmask, sanity_examples, out_dir=out_dir, quiet=quiet, retrain=retrain
+    )
     for row in rows:
         row.update(sanity[row["method"]])
     table = markdown_table(rows)
@@ -191,7 +196,9 @@ def run_comparison(
         f"Sanity check: the top {SANITY_LAYERS} PLM layers and the head of the news encoder "
         f"re-initialised (seed {ws.config.seed}), {len(sanity_examples)} examples.\n"
     )
-    if "diffmask" in names:
+    if "diffmask" in names and not retrain:
+        note += "The retrained DIFFMASK sanity check was skipped (`sanity_retrain: false`).\n"
+    elif "diffmask" in names:
         note += (
             "`sanity_spearman` keeps DIFFMASK's trained probe and baseline fixed; "
             "`sanity_spearman_retrained` retrains them from scratch on the randomised model "

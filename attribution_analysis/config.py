@@ -144,7 +144,9 @@ class AttributionConfig:
 
     ``checkpoint``: a trained recommender folder (``model.safetensors`` + ``config.json``); when
     missing and ``train_recommender_if_missing`` is true, the recommender described by
-    ``model_config`` is trained first and saved there.
+    ``model_config`` is trained first and saved there. ``sanity_retrain``: the comparison's
+    sanity check also retrains DIFFMASK from scratch on the randomised model (doubles its
+    training cost).
     """
 
     checkpoint: str = "output/recommender/default/best"
@@ -161,6 +163,7 @@ class AttributionConfig:
     diffmask: DiffMaskConfig = field(default_factory=DiffMaskConfig)
     compare_methods: list[str] = field(default_factory=lambda: ["diffmask", "ig", "random"])
     ig_steps: int = 50
+    sanity_retrain: bool = True
 
 
 def _field_types(cls: type) -> dict[str, Any]:

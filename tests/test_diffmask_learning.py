@@ -265,3 +265,10 @@ def test_known_answer_diffmask_finds_the_keys_and_beats_the_baselines():
     d = result["per_seed"]["diffmask"][0]
     assert d["converged"] and d["within_margin"] >= 0.95
     assert d["distinct_scores"] > 20  # graded, not two values
+
+
+def test_probe_hidden_dim_sets_the_probe_width(classifier):
+    for probe_type in ("layerwise", "simple"):
+        dm = _diffmask(classifier, probe_type=probe_type, probe_hidden_dim=8)
+        widths = {m.out_features for m in dm.probe.modules() if isinstance(m, torch.nn.Linear)}
+        assert widths == {8, 1}

@@ -52,7 +52,7 @@ def test_probe_layer_starts_open_with_exact_init_bias():
 def test_probe_layer_default_hidden_dim():
     assert ProbeLayer(64).mlp[0].out_features == 32
     assert ProbeLayer(8).mlp[0].out_features == 16
-    assert ProbeLayer(8, hidden_dim=4).mlp[0].out_features == 4
+    assert ProbeLayer(8, width=4).mlp[0].out_features == 4
 
 
 def test_probe_layer_output_is_unbounded_and_never_saturates():

@@ -203,7 +203,7 @@ class DIFFMASK(nn.Module):
         s = self.settings
         kwargs = {"init_bias": s["probe_init_bias"]}
         if probe_hidden_dim:
-            kwargs["hidden_dim"] = probe_hidden_dim
+            kwargs["width"] = probe_hidden_dim
         if s["probe_type"] == "simple":
             layer = s["probe_layer"]
             if layer is None:

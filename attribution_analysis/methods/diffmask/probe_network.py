@@ -62,7 +62,7 @@ class ProbeLayer(nn.Module):
 
     Args:
         input_dim: feature size of the input.
-        hidden_dim: MLP width; default ``max(input_dim // 2, 16)``.
+        width: MLP width (hidden units); default ``max(input_dim // 2, 16)``.
         init_bias: initial value of every logit.
         activation: ``"gelu"`` or ``"tanh"`` (hidden layer only).
     """
@@ -70,7 +70,7 @@ class ProbeLayer(nn.Module):
     def __init__(
         self,
         input_dim: int,
-        hidden_dim: int | None = None,
+        width: int | None = None,
         init_bias: float = 3.0,
         activation: str = "gelu",
     ) -> None:
@@ -81,15 +81,15 @@ class ProbeLayer(nn.Module):
             raise ValueError(
                 f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"
             )
-        hidden_dim = max(input_dim // 2, 16) if hidden_dim is None else hidden_dim
-        if hidden_dim <= 0:
-            raise ValueError(f"hidden_dim must be positive, got {hidden_dim}")
+        width = max(input_dim // 2, 16) if width is None else width
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}")
         self.input_dim = input_dim
         self.norm = nn.LayerNorm(input_dim)
         self.mlp = nn.Sequential(
-            nn.Linear(input_dim, hidden_dim),
+            nn.Linear(input_dim, width),
             _ACTIVATIONS[activation](),
-            nn.Linear(hidden_dim, 1),
+            nn.Linear(width, 1),
         )
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
