@@ -219,9 +219,17 @@ def run_analysis(
     else:
         diffmask = ws.build_diffmask()
     plots: dict[str, Path] = {}
+    training = {"trained": False}
     if not skip_training:
         history = _train(ws, diffmask, run_dir, train_ex, val_ex, quiet)
         plots = _write_history(history, run_dir)
+        training = {
+            "trained": True,
+            "epochs": len(history.epochs),
+            "best_epoch": history.best_epoch,
+            "converged": history.converged,
+            "convergence": history.convergence,
+        }
     val = validate(diffmask, ws.loader(val_ex), next(diffmask.parameters()).device)
     results = extract_attributions_diffmask(
         diffmask,
@@ -263,6 +271,7 @@ def run_analysis(
         "validation": val,
         "settings": diffmask.settings,
         "lambda": diffmask.lagrange_multiplier.item(),
+        "training": training,
         "checkpoint": checkpoint,
         "run_dir": str(run_dir),
         "comparison": rows,
@@ -271,7 +280,12 @@ def run_analysis(
     write_report(
         run_dir / "report.html",
         title="DIFFMASK word attributions",
-        settings={**diffmask.settings, "n_samples": config.n_samples, "seed": config.seed},
+        settings={
+            **diffmask.settings,
+            "n_samples": config.n_samples,
+            "seed": config.seed,
+            "training": _training_line(training),
+        },
         summary=summary["test"],
         samples=records,
         top_words=overall,
@@ -282,6 +296,24 @@ def run_analysis(
     )
     _print_summary(run_dir, summary["test"], overall)
     return AnalysisResult(run_dir, summary, records, comparison)
+
+
+def _training_line(training: dict) -> str:
+    """How DIFFMASK training ended, in words (shown in the report)."""
+    if not training["trained"]:
+        return "not trained in this run (checkpoint used as given)"
+    conv = training.get("convergence") or {}
+    state = "converged" if training["converged"] else "stopped at the epoch cap, NOT converged"
+    spread = conv.get("lambda_spread")
+    detail = (
+        ""
+        if spread is None
+        else (
+            f"; lambda spread {spread:.3g} (tolerance {conv['lambda_tolerance']:.3g}), "
+            f"validation L0 spread {conv['l0_spread']:.3g} (tolerance {conv['l0_tolerance']:.3g})"
+        )
+    )
+    return f"{state} after {training['epochs']} epochs, best epoch {training['best_epoch']}{detail}"
 
 
 def _finite_json(obj):
