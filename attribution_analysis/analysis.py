@@ -17,7 +17,13 @@ from attribution_analysis.comparison import run_comparison
 from attribution_analysis.config import AttributionConfig, resolve_path, to_dict
 from attribution_analysis.evaluation.compare import display_rows
 from attribution_analysis.evaluation.plausibility import plausibility_metrics
-from attribution_analysis.evaluation.word_statistics import MIN_SUPPORT, top_words, top_words_rule
+from attribution_analysis.evaluation.word_statistics import (
+    KEEP_THRESHOLD,
+    MIN_SUPPORT,
+    TOP_WORD_FIELDS,
+    top_words,
+    top_words_rule,
+)
 from attribution_analysis.methods.diffmask import DIFFMASK
 from attribution_analysis.methods.diffmask.convergence import ConvergenceRule
 from attribution_analysis.methods.diffmask.train_diffmask import (
@@ -40,7 +46,6 @@ from attribution_analysis.utils.devices import seed_everything
 from attribution_analysis.utils.io import atomic_write_json, atomic_write_text
 
 HISTORY_SHOWN = 5
-KEEP_THRESHOLD = 0.5
 
 
 @dataclass
@@ -177,13 +182,7 @@ def _train(ws: Workspace, diffmask: DIFFMASK, run_dir: Path, train_ex, val_ex, q
         seed=cfg.seed,
         mixed_precision=cfg.mixed_precision,
         quiet=quiet,
-        convergence=ConvergenceRule(
-            window=d.convergence_window,
-            lambda_rtol=d.convergence_lambda_rtol,
-            lambda_atol=d.convergence_lambda_atol,
-            l0_atol=d.convergence_l0_atol,
-            min_epochs=d.convergence_min_epochs,
-        ),
+        convergence=ConvergenceRule.from_config(d),
     )
 
 
@@ -253,9 +252,7 @@ def run_analysis(
     overall = top_words_overall(records, config.top_k)
     atomic_write_text(
         run_dir / "top_words.csv",
-        _csv_text(
-            overall, ["word", "kept_share_lcb", "kept_share", "kept_count", "count", "mean_score"]
-        ),
+        _csv_text(overall, list(TOP_WORD_FIELDS)),
     )
     comparison, comparison_plots, rows = None, None, None
     if any(m != "diffmask" for m in config.compare_methods):

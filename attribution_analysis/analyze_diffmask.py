@@ -2,10 +2,12 @@
 evaluate the explanations and write a run folder with a standalone HTML report.
 
     python attribution_analysis/analyze_diffmask.py --config configs/attribution/nrms_bert_finetune.yaml \\
-        --n_samples 100 --n_epochs 10 --probe_type simple --constraint_margin 0.1 --top_k 15
+        --n_samples 100 --top_k 15
     python attribution_analysis/analyze_diffmask.py --config configs/attribution/nrms_bert_finetune.yaml \\
-        --n_samples 100 --checkpoint output/diffmask/run_<timestamp>/checkpoints/diffmask_epoch_10.pt \\
+        --n_samples 100 --checkpoint output/diffmask/run_<timestamp>/checkpoints/best.pt \\
         --skip_training
+
+``--n_epochs`` is a cap: training stops when lambda and the validation L0 have levelled off.
 
 Run folder ``<output_dir>/run_<YYYYmmdd_HHMMSS>/``: ``config.yaml`` (resolved), ``checkpoints/``,
 ``training_history.csv`` + PNG plots, ``attributions.jsonl``, ``top_words_per_sample.csv``,

@@ -107,6 +107,7 @@ class DiffMaskConfig:
     probe_type: str = "layerwise"
     num_probe_layers: int | None = None
     probe_layer: int = -1
+    probe_hidden_dim: int | None = None
     constraint_margin: float = 0.1
     divergence: str = "bernoulli_kl"
     temperature: float = 2 / 3

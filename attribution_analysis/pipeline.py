@@ -65,6 +65,7 @@ class Workspace:
             probe_type=d.probe_type,
             num_probe_layers=d.num_probe_layers,
             probe_layer=d.probe_layer if d.probe_layer >= 0 else None,
+            probe_hidden_dim=d.probe_hidden_dim,
             constraint_margin=d.constraint_margin,
             temperature=d.temperature,
             stretch=d.stretch,

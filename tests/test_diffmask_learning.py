@@ -112,8 +112,18 @@ def test_every_gate_logit_and_probe_weight_gets_a_gradient_when_saturated(classi
         grad, scorable = phases.logit_gradients(lam)
         live = grad[:, scorable]
         assert torch.all(live != 0), f"lambda={lam}: {int((live == 0).sum())} dead gate logits"
+        if lam == 0.0:  # only sparsity acts: descent must close every gate, open or closed
+            assert torch.all(live > 0), "a gate that lambda = 0 should close is not pushed"
         for name, p in phases.dm.probe.named_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for {name}"
+
+
+def test_a_tanh_bounded_logit_would_be_dead_where_the_probe_is_alive():
+    """The failure mode the unbounded probe avoids, measured: beyond |x| ~ 9 the gradient of
+    ``tanh(x) * 10`` is exactly 0 in float32, while the probe's output layer is linear."""
+    x = torch.tensor([2.0, 9.5, 20.0], requires_grad=True)
+    (torch.tanh(x) * 10).sum().backward()
+    assert x.grad[0] > 0 and torch.all(x.grad[1:] == 0)
 
 
 def test_padding_and_special_tokens_get_no_gradient_and_no_l0(classifier):
@@ -164,13 +174,21 @@ def test_convergence_rule_on_known_histories():
     rule = ConvergenceRule(window=3, lambda_rtol=0.1, lambda_atol=1.0, l0_atol=0.01, min_epochs=4)
     rising = check_convergence(_epochs([14, 40, 80, 110, 137], [0.3] * 5), rule)
     assert not rising.converged and rising.lambda_spread == pytest.approx(97)
-    level = check_convergence(_epochs([14, 40, 50, 51, 52], [0.3, 0.25, 0.21, 0.205, 0.2]), rule)
-    # spread 2 <= 1 + 0.1 * mean(50, 51, 52) = 6.05 over the last 3 changes... but L0 moved 0.01
-    assert level.lambda_spread == pytest.approx(12) and not level.converged
-    level = check_convergence(_epochs([14, 50, 51, 52, 51], [0.3, 0.21, 0.205, 0.2, 0.2]), rule)
+    # the last 4 lambdas 40..52 spread 12 > 1 + 0.1 * 48.25: not level
+    late = check_convergence(_epochs([14, 40, 50, 51, 52], [0.3, 0.2, 0.2, 0.2, 0.2]), rule)
+    assert late.lambda_spread == pytest.approx(12) and not late.converged
+    # lambda level (spread 2 <= 6.1) but L0 still moving (spread 0.03 > 0.01): not converged
+    moving = check_convergence(_epochs([14, 50, 51, 52, 51], [0.3, 0.23, 0.22, 0.21, 0.2]), rule)
+    assert moving.lambda_spread <= moving.lambda_tolerance and not moving.converged
+    assert moving.l0_spread == pytest.approx(0.03)
+    level = check_convergence(_epochs([14, 50, 51, 52, 51], [0.3, 0.204, 0.2, 0.198, 0.2]), rule)
     assert level.converged
     assert level.lambda_tolerance == pytest.approx(1.0 + 0.1 * (50 + 51 + 52 + 51) / 4)
-    assert level.l0_spread == pytest.approx(0.01)
+    assert level.l0_spread == pytest.approx(0.006)
+    # level, but pinned at the cap: the constraint cannot be met, so never converged
+    capped = check_convergence(_epochs([200] * 5, [0.0] * 5), rule, lambda_max=200.0)
+    assert capped.lambda_at_cap and not capped.converged
+    assert check_convergence(_epochs([200] * 5, [0.0] * 5), rule).converged
     near_zero = check_convergence(_epochs([5, 0.0, 0.8, 0.1, 0.0], [0.2] * 5), rule)
     assert near_zero.converged  # a slack constraint: lambda hovers near 0
     too_early = ConvergenceRule(window=1, min_epochs=4)
@@ -198,7 +216,7 @@ def test_training_stops_when_converged_and_says_when_it_did_not(classifier, caps
     assert "without converging" in capsys.readouterr().out
 
 
-def test_a_converged_run_does_not_train_further_on_resume(classifier, tmp_path):
+def test_a_converged_run_does_not_train_further_on_resume(classifier, tmp_path, capsys):
     train = DataLoader(TASK.generate(256, seed=6), batch_size=64)
     val = DataLoader(TASK.generate(64, seed=7), batch_size=64)
     rule = ConvergenceRule(window=1, lambda_atol=1e9, l0_atol=1.0, min_epochs=2)
@@ -212,6 +230,7 @@ def test_a_converged_run_does_not_train_further_on_resume(classifier, tmp_path):
         convergence=rule,
     )
     assert first.converged and len(first.epochs) == 2
+    capsys.readouterr()
     again = train_diffmask(
         _diffmask(classifier),
         train,
@@ -221,7 +240,21 @@ def test_a_converged_run_does_not_train_further_on_resume(classifier, tmp_path):
         quiet=True,
         convergence=rule,
     )
-    assert len(again.epochs) == 2
+    assert "resumed from" in capsys.readouterr().out
+    assert len(again.epochs) == 2 and again.converged
+    assert not (tmp_path / "checkpoints" / "diffmask_epoch_3.pt").exists()
+    # a stricter rule given on resume is applied to the saved epochs: training goes on
+    strict = ConvergenceRule(window=2, lambda_atol=1e9, l0_atol=1.0, min_epochs=3)
+    more = train_diffmask(
+        _diffmask(classifier),
+        train,
+        10,
+        val_loader=val,
+        output_dir=tmp_path,
+        quiet=True,
+        convergence=strict,
+    )
+    assert len(more.epochs) == 3 and more.converged
 
 
 # ------------------------------------------------------------------ known answer

@@ -173,3 +173,12 @@ def test_table_shows_both_labelled_columns(ran):
     assert (
         "`sanity_spearman_retrained`: range [-1, 1], lower is better. Sanity (retrained)" in table
     )
+
+
+def test_retraining_can_be_switched_off(ran, tmp_path):
+    rows = sanity_rows(
+        ran["ws"], ["diffmask"], ran["diffmask"], ran["test"], out_dir=tmp_path, retrain=False
+    )
+    assert rows["diffmask"]["sanity_spearman_retrained"] is None
+    assert rows["diffmask"]["sanity_spearman"] == ran["rows"]["diffmask"]["sanity_spearman"]
+    assert not (tmp_path / "sanity_diffmask").exists()

@@ -37,7 +37,6 @@ SEED_OFFSET = 1_000_003
 """Added to ``seed`` before seeding the re-initialisation, so that seed k does not redraw the
 very weights of a model that was built right after ``torch.manual_seed(k)``."""
 
-NON_CONSTRUCTOR_SETTINGS = ("explained_model", "baseline_used")
 """Keys of ``DIFFMASK.settings`` that record facts rather than constructor arguments."""
 
 
@@ -101,7 +100,7 @@ def fresh_diffmask_like(diffmask: DIFFMASK, model: nn.Module, seed: int | None =
     the config's seed: the same seed gives the original run's initial probe. Without it the
     global RNG is used as it stands.
     """
-    kwargs = {k: v for k, v in diffmask.settings.items() if k not in NON_CONSTRUCTOR_SETTINGS}
+    kwargs = DIFFMASK.constructor_settings(diffmask.settings)
     if seed is None:
         return DIFFMASK(model, **kwargs)
     with torch.random.fork_rng(devices=[]):
@@ -180,7 +179,6 @@ def sanity_check(
 
 
 __all__ = [
-    "NON_CONSTRUCTOR_SETTINGS",
     "SEED_OFFSET",
     "fresh_diffmask_like",
     "randomize_top_layers",

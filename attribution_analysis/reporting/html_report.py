@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from attribution_analysis.evaluation.word_statistics import TOP_WORD_FIELDS
 from attribution_analysis.utils.io import atomic_write_text
 from attribution_analysis.utils.numbers import finite_float
 
@@ -33,14 +34,7 @@ POSITIVE_RGB: tuple[int, int, int] = (202, 0, 32)
 NEGATIVE_RGB: tuple[int, int, int] = (5, 113, 176)
 WHITE_RGB: tuple[int, int, int] = (255, 255, 255)
 
-TOP_WORD_COLUMNS: tuple[str, ...] = (
-    "word",
-    "kept_share_lcb",
-    "kept_share",
-    "kept_count",
-    "count",
-    "mean_score",
-)
+TOP_WORD_COLUMNS: tuple[str, ...] = TOP_WORD_FIELDS
 #: Colour scales of the word heatmaps (see :func:`write_report`).
 SCORE_SCALES: tuple[str, ...] = ("absolute", "per_sample")
 MISSING = "—"

@@ -6,19 +6,21 @@ validation data, stops moving too. Both are read from the per-epoch summaries th
 ``train_diffmask`` records: ``lambda`` (the mean multiplier over the epoch's steps) and
 ``val_l0`` (``l0``, the training mean, when there is no validation loader).
 
-Over the last ``window`` epochs (``window + 1`` values, so ``window`` changes):
+Over the last ``window + 1`` epochs (so ``window`` epoch-to-epoch changes):
 
     spread(lambda) <= lambda_atol + lambda_rtol * mean(|lambda|)
     spread(L0)     <= l0_atol
 
 where ``spread`` is max - min. The absolute tolerance on lambda lets a multiplier that hovers
 near 0 (a slack constraint: every example is inside the margin without pressure) count as level.
+A multiplier pinned at its cap ``lambda_max`` is never "level": the constraint could not be met
+with the largest pressure allowed (e.g. every gate closed and unable to reopen).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,17 @@ class ConvergenceRule:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_config(cls, config) -> ConvergenceRule:
+        """The rule of a ``DiffMaskConfig`` (its ``convergence_*`` keys)."""
+        return cls(
+            window=config.convergence_window,
+            lambda_rtol=config.convergence_lambda_rtol,
+            lambda_atol=config.convergence_lambda_atol,
+            l0_atol=config.convergence_l0_atol,
+            min_epochs=config.convergence_min_epochs,
+        )
+
 
 @dataclass(frozen=True)
 class ConvergenceStatus:
@@ -66,12 +79,21 @@ class ConvergenceStatus:
     lambda_tolerance: float | None
     l0_spread: float | None
     l0_tolerance: float
+    lambda_at_cap: bool = False
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ConvergenceStatus:
+        """The status saved by :meth:`to_dict` (other keys, e.g. ``rule``, are ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
     def describe(self) -> str:
         """One line for logs and reports."""
         if self.lambda_spread is None:
             return f"{self.epochs} epoch(s): too few to judge convergence"
         state = "converged" if self.converged else "not converged"
+        if self.lambda_at_cap:
+            state += " (lambda at its cap lambda_max)"
         return (
             f"{state} after {self.epochs} epochs: lambda spread {self.lambda_spread:.3g} "
             f"(tolerance {self.lambda_tolerance:.3g}), validation L0 spread "
@@ -87,8 +109,12 @@ def _l0_series(epochs: Sequence[dict]) -> list[float]:
     return [float(e[key]) for e in epochs]
 
 
-def check_convergence(epochs: Sequence[dict], rule: ConvergenceRule) -> ConvergenceStatus:
-    """Apply ``rule`` to the per-epoch summaries (each with ``lambda`` and ``val_l0``/``l0``)."""
+def check_convergence(
+    epochs: Sequence[dict], rule: ConvergenceRule, lambda_max: float | None = None
+) -> ConvergenceStatus:
+    """Apply ``rule`` to the per-epoch summaries (each with ``lambda`` and ``val_l0``/``l0``);
+    with ``lambda_max``, a window whose last epoch-mean lambda is within 1% of it never
+    converges."""
     n = len(epochs)
     if n < rule.window + 1:
         return ConvergenceStatus(False, n, None, None, None, rule.l0_atol)

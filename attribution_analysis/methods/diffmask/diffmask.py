@@ -41,6 +41,8 @@ from attribution_analysis.methods.explained_model import Context, ExplainedModel
 from attribution_analysis.methods.result import AttributionResult, library_versions
 
 PROBE_TYPES = ("simple", "layerwise")
+NON_CONSTRUCTOR_SETTINGS = ("explained_model", "baseline_used")
+"""Keys of ``DIFFMASK.settings`` that are recorded but are not constructor arguments."""
 READOUTS = ("keep_probability", "sigmoid", "deterministic")
 BASELINE_INITS = ("mask", "zeros", "pad")
 CONSTRAINTS = ("per_example", "mean")
@@ -53,7 +55,10 @@ class DiffMaskStep:
 
     ``l0``: expected share of kept tokens (mean P(z != 0) over scorable tokens);
     ``divergence``; ``within_margin``: divergence <= margin; ``agreement``: same decision;
-    ``original``/``masked``: the model outputs; ``gates`` ``[batch, tokens]``.
+    ``original``/``masked``: the model outputs; ``gates`` ``[batch, tokens]``; ``scorable``
+    ``[batch, tokens]`` (tokens that may be masked); ``delivered_within_margin``: in training
+    steps of the ``per_example`` constraint, whether the deterministic (delivered) mask keeps
+    the divergence within the margin (``None`` otherwise).
     """
 
     l0: torch.Tensor
@@ -92,7 +97,9 @@ class DIFFMASK(nn.Module):
         special_token_ids: ids never masked nor scored (e.g. [CLS], [SEP]).
         mask_token_id, pad_token_id: used to initialise the baseline.
         lambda_init, lambda_max: the Lagrange multiplier's start and upper clamp.
-        probe_hidden_dim: width of each probe's hidden layer (default ``hidden_dim // 2``).
+        probe_hidden_dim: width of each probe's hidden layer (default half the probe's input:
+            ``hidden_dim`` for the layer vote, whose probes read ``[h(0); h(k)]``, and
+            ``hidden_dim // 2`` for the simple probe).
         probe_init_bias: the probes' initial logit; at 5 (the original) every gate starts open
             with P(z != 0) ~ 0.999, at 3 gates still start open (P ~ 0.99) and learn faster.
         constraint: ``per_example`` (default) or ``mean`` (see :meth:`lagrangian`).
@@ -318,11 +325,14 @@ class DIFFMASK(nn.Module):
 
     def lagrangian(self, step: DiffMaskStep) -> torch.Tensor:
         """The loss minimised by probe and baseline (D is computed per example):
+        ``sparsity + lambda * constraint + logit_penalty`` with
 
-        * ``constraint="per_example"`` (default): ``mean(L0) + lambda * mean_i max(D_i - m, 0)``;
-          only examples outside the margin push the gates open, so the constraint is met
-          example by example rather than on average.
-        * ``constraint="mean"`` (the original DIFFMASK form): ``mean(L0) + lambda * mean(D - m)``.
+        * ``sparsity``: :meth:`sparsity_term` (``l0``: mean P(z != 0); ``log_l0``: mean log);
+        * ``constraint="per_example"`` (default): ``mean_i max(D_i - m, 0)``; only examples
+          outside the margin push the gates open, so the constraint is met example by example
+          rather than on average;
+        * ``constraint="mean"`` (the original DIFFMASK form): ``mean(D - m)``;
+        * ``logit_penalty``: :meth:`logit_penalty` (keeps gate logits where gradients live).
         """
         excess = step.divergence - self.margin
         if self.settings["constraint"] == "per_example":
@@ -437,6 +447,11 @@ class DIFFMASK(nn.Module):
             if history_mask is not None:
                 ctx["history_mask"] = history_mask
         return ctx
+
+    @staticmethod
+    def constructor_settings(settings: dict) -> dict:
+        """The constructor arguments among ``settings`` (a ``DIFFMASK.settings`` dict)."""
+        return {k: v for k, v in settings.items() if k not in NON_CONSTRUCTOR_SETTINGS}
 
     def metadata(self) -> dict:
         """Settings, lambda and versions, recorded in every result."""

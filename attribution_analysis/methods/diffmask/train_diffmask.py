@@ -1,9 +1,11 @@
 """Train DIFFMASK (Lagrangian: min over probe and baseline, max over lambda >= 0), save
 checkpoints, load them back, and extract attributions.
 
-``train_diffmask`` minimises ``mean(L0) + lambda * mean(D - margin)`` with Adam for the probe
-(``lr_probe``) and the baseline (``lr_baseline``) and gradient *ascent* with Adam for lambda
-(``lr_lambda``), lambda clamped to ``[0, lambda_max]`` after every step. The explained model is
+``train_diffmask`` minimises ``DIFFMASK.lagrangian`` (sparsity term + lambda * constraint term +
+logit decay; see there) with Adam for the probe (``lr_probe``) and the baseline
+(``lr_baseline``) and ascends lambda with Adam on ``DIFFMASK.dual_signal`` (``lr_lambda``),
+lambda clamped to ``[0, lambda_max]`` after every step. Training stops when the convergence
+rule holds (:mod:`.convergence`) or at the ``n_epochs`` cap. The explained model is
 frozen (no gradient reaches its weights) and in eval mode (dropout off). A checkpoint is written
 atomically every epoch to ``<output_dir>/checkpoints/diffmask_epoch_<N>.pt``; the sparsest
 epoch whose validation share of examples within the margin reaches ``target_within_margin``
@@ -172,7 +174,7 @@ def check_compatible(blob: dict, model: nn.Module | ExplainedModel, path: str | 
 
 
 def _from_settings(model, settings: dict, state: dict) -> DIFFMASK:
-    kwargs = {k: v for k, v in settings.items() if k not in ("explained_model", "baseline_used")}
+    kwargs = DIFFMASK.constructor_settings(settings)
     diffmask = DIFFMASK(model, **kwargs)
     diffmask.load_state_dict(state)
     diffmask.settings["baseline_used"] = settings.get("baseline_used")
@@ -347,7 +349,13 @@ def train_diffmask(
         default=math.inf,
     )
     fingerprint = diffmask.adapter.fingerprint() if save_checkpoints else ""  # hashed once
-    done = history.converged and convergence is not None
+    lambda_max = diffmask.settings["lambda_max"]
+    if convergence is None:
+        history.convergence = None
+    elif history.epochs:  # judge a resumed run by the rule given now
+        status = check_convergence(history.epochs, convergence, lambda_max)
+        history.convergence = {**status.to_dict(), "rule": convergence.to_dict()}
+    done = history.converged
     with frozen(model):
         for epoch in range(start + 1, n_epochs + 1):
             if done:
@@ -395,7 +403,7 @@ def train_diffmask(
                     best_l0, history.best_epoch = val["l0"], epoch
             history.epochs.append(summary)
             if convergence is not None:
-                status = check_convergence(history.epochs, convergence)
+                status = check_convergence(history.epochs, convergence, lambda_max)
                 summary["converged"] = status.converged
                 history.convergence = {**status.to_dict(), "rule": convergence.to_dict()}
                 done = status.converged
@@ -440,8 +448,7 @@ def _report_convergence(
     """Say plainly whether training converged or stopped at the epoch cap."""
     if rule is None or history.convergence is None:
         return
-    fields = {k: v for k, v in history.convergence.items() if k != "rule"}
-    status = ConvergenceStatus(**fields)
+    status = ConvergenceStatus.from_dict(history.convergence)
     history.convergence["stop_reason"] = "converged" if status.converged else "epoch cap"
     if quiet:
         return
