@@ -79,9 +79,9 @@ class _Phases:
         with torch.no_grad():
             return self.dm.step(self.data.input_ids, self.data.attention_mask, {}).l0.mean().item()
 
-    def logit_gradients(self, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradient of the loss at ``lambda = lam`` w.r.t. every gate logit, and the scorable
-        mask (``[n_probes, batch, tokens]``, ``[batch, tokens]``)."""
+    def logit_gradients(self, lam: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gradient of the loss at ``lambda = lam`` w.r.t. every gate logit, the logits and the
+        scorable mask (``[n_probes, batch, tokens]`` twice, ``[batch, tokens]``)."""
         with torch.no_grad():
             self.dm.lagrange_multiplier.fill_(lam)
         self.dm.train()
@@ -90,7 +90,7 @@ class _Phases:
         step.probe.log_alpha.retain_grad()
         self.dm.probe.zero_grad()
         self.dm.lagrangian(step).backward()
-        return step.probe.log_alpha.grad, step.scorable
+        return step.probe.log_alpha.grad, step.probe.log_alpha.detach(), step.scorable
 
 
 def test_gates_driven_open_by_a_large_lambda_close_when_it_falls_and_reopen(classifier):
@@ -109,11 +109,12 @@ def test_every_gate_logit_and_probe_weight_gets_a_gradient_when_saturated(classi
     phases = _Phases(_diffmask(classifier))
     phases.run(200.0, 200)  # drive gates far open / closed
     for lam in (0.0, 200.0):
-        grad, scorable = phases.logit_gradients(lam)
+        grad, log_alpha, scorable = phases.logit_gradients(lam)
         live = grad[:, scorable]
         assert torch.all(live != 0), f"lambda={lam}: {int((live == 0).sum())} dead gate logits"
-        if lam == 0.0:  # only sparsity acts: descent must close every gate, open or closed
-            assert torch.all(live > 0), "a gate that lambda = 0 should close is not pushed"
+        if lam == 0.0:  # only sparsity acts: descent must close every open gate
+            opened = log_alpha[:, scorable] > 0
+            assert opened.any() and torch.all(live[opened] > 0), "an open gate is not pushed"
         for name, p in phases.dm.probe.named_parameters():
             assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient for {name}"
 
@@ -128,7 +129,7 @@ def test_a_tanh_bounded_logit_would_be_dead_where_the_probe_is_alive():
 
 def test_padding_and_special_tokens_get_no_gradient_and_no_l0(classifier):
     phases = _Phases(_diffmask(classifier))
-    grad, scorable = phases.logit_gradients(1.0)
+    grad, _, scorable = phases.logit_gradients(1.0)
     assert torch.all(grad[:, ~scorable] == 0)
 
 

@@ -124,8 +124,16 @@ def check_convergence(
     lambda_spread = max(lambdas) - min(lambdas)
     lambda_tol = rule.lambda_atol + rule.lambda_rtol * sum(abs(v) for v in lambdas) / len(lambdas)
     l0_spread = max(l0s) - min(l0s)
-    converged = n >= rule.min_epochs and lambda_spread <= lambda_tol and l0_spread <= rule.l0_atol
-    return ConvergenceStatus(converged, n, lambda_spread, lambda_tol, l0_spread, rule.l0_atol)
+    at_cap = lambda_max is not None and lambdas[-1] >= 0.99 * lambda_max
+    converged = (
+        n >= rule.min_epochs
+        and lambda_spread <= lambda_tol
+        and l0_spread <= rule.l0_atol
+        and not at_cap
+    )
+    return ConvergenceStatus(
+        converged, n, lambda_spread, lambda_tol, l0_spread, rule.l0_atol, at_cap
+    )
 
 
 __all__ = ["ConvergenceRule", "ConvergenceStatus", "check_convergence"]
