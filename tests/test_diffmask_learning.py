@@ -306,3 +306,26 @@ def test_probe_hidden_dim_sets_the_probe_width(classifier):
         dm = _diffmask(classifier, probe_type=probe_type, probe_hidden_dim=8)
         widths = {m.out_features for m in dm.probe.modules() if isinstance(m, torch.nn.Linear)}
         assert widths == {8, 1}
+
+
+def test_without_checkpoints_the_selected_epoch_is_restored(classifier):
+    train = DataLoader(TASK.generate(256, seed=6), batch_size=64)
+    val = DataLoader(TASK.generate(64, seed=7), batch_size=64)
+    dm = _diffmask(classifier)
+    history = train_diffmask(
+        dm,
+        train,
+        5,
+        val_loader=val,
+        save_checkpoints=False,
+        quiet=True,
+        convergence=None,
+        target_within_margin=0.0,  # every epoch qualifies: the sparsest is selected
+    )
+    best = history.best_epoch
+    assert best is not None
+    l0s = [e["val_l0"] for e in history.epochs]
+    assert l0s[best - 1] == min(l0s)
+    from attribution_analysis.methods.diffmask.train_diffmask import validate
+
+    assert validate(dm, val, "cpu")["l0"] == pytest.approx(l0s[best - 1], abs=1e-6)

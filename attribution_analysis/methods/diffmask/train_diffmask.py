@@ -349,6 +349,7 @@ def train_diffmask(
         default=math.inf,
     )
     fingerprint = diffmask.adapter.fingerprint() if save_checkpoints else ""  # hashed once
+    best_state: dict | None = None
     lambda_max = diffmask.settings["lambda_max"]
     if convergence is None:
         history.convergence = None
@@ -401,6 +402,10 @@ def train_diffmask(
                 summary.update({f"val_{k}": v for k, v in val.items()})
                 if val["within_margin"] >= target_within_margin and val["l0"] < best_l0:
                     best_l0, history.best_epoch = val["l0"], epoch
+                    if not save_checkpoints:  # keep the selected state in memory instead
+                        best_state = {
+                            k: v.detach().clone() for k, v in diffmask.state_dict().items()
+                        }
             history.epochs.append(summary)
             if convergence is not None:
                 status = check_convergence(history.epochs, convergence, lambda_max)
@@ -428,6 +433,8 @@ def train_diffmask(
     _report_convergence(history, convergence, n_epochs, quiet)
     if history.best_checkpoint is not None and history.best_checkpoint.is_file():
         diffmask.load_state_dict(_read_checkpoint(history.best_checkpoint)["state"])
+    elif best_state is not None:
+        diffmask.load_state_dict(best_state)
     elif val_loader is not None and not quiet:
         print(
             f"[diffmask] no epoch reached a validation share of {target_within_margin:.0%} "
