@@ -107,9 +107,9 @@ def test_ties_ordered_by_count_then_word() -> None:
         *_word("top", 5, 5),
     )
     rows = top_words(records, k=10, min_support=5)
-    assert [r["word"] for r in rows] == ["top", "alpha", "zeta", "mid", "low"]
+    # words never kept ("mid", "low") are not listed, however often they were seen
+    assert [r["word"] for r in rows] == ["top", "alpha", "zeta"]
     assert rows[1]["kept_share_lcb"] == rows[2]["kept_share_lcb"] > 0
-    assert rows[3]["kept_share_lcb"] == rows[4]["kept_share_lcb"] == 0
     assert [r["word"] for r in top_words(records, k=2, min_support=5)] == ["top", "alpha"]
 
 

@@ -80,7 +80,8 @@ def top_words_rule(
 ) -> str:
     """One sentence stating how :func:`top_words` selects and ranks words, for reports."""
     return (
-        f"Words seen at least {min_support} times, ranked by the {_percent(confidence)} Wilson "
+        f"Words seen at least {min_support} times and kept at least once, ranked by the "
+        f"{_percent(confidence)} Wilson "
         f"lower bound of the share of their occurrences kept (score >= {threshold:g}); "
         "ties broken by count, then alphabetically."
     )
@@ -131,6 +132,8 @@ def top_words(
         if n < min_support:
             continue
         kept = sum(s >= threshold for s in values)
+        if kept == 0:  # a word never kept is not a "top" word, however often it was seen
+            continue
         rows.append(
             {
                 "word": word,
