@@ -320,8 +320,12 @@ class DIFFMASK(nn.Module):
     def _deterministic_gates(self, log_alpha: torch.Tensor, scorable: torch.Tensor):
         """Test-time gates ``[batch, tokens]`` (product over probes; 1 where not scorable)."""
         log_alpha = log_alpha if log_alpha.dim() == 3 else log_alpha[None]
-        gates = self.gates.distribution(log_alpha.detach()).deterministic().prod(0)
+        gates = self._deterministic_product(log_alpha.detach())
         return torch.where(scorable, gates, torch.ones_like(gates))
+
+    def _deterministic_product(self, log_alpha: torch.Tensor) -> torch.Tensor:
+        """Test-time gate of the vote ``[batch, tokens]`` from ``[n_probes, batch, tokens]``."""
+        return self.gates.distribution(log_alpha).deterministic().prod(0)
 
     def lagrangian(self, step: DiffMaskStep) -> torch.Tensor:
         """The loss minimised by probe and baseline (D is computed per example):
@@ -436,7 +440,7 @@ class DIFFMASK(nn.Module):
         elif readout == "sigmoid":
             scores = torch.sigmoid(log_alpha).prod(0)
         else:
-            scores = self.gates.distribution(log_alpha).deterministic().prod(0)
+            scores = self._deterministic_product(log_alpha)
         return scores.float() * scorable
 
     @staticmethod
