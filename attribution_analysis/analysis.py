@@ -27,7 +27,6 @@ from attribution_analysis.evaluation.word_statistics import (
 from attribution_analysis.methods.diffmask import DIFFMASK
 from attribution_analysis.methods.diffmask.convergence import ConvergenceRule
 from attribution_analysis.methods.diffmask.train_diffmask import (
-    default_run_dir,
     extract_attributions_diffmask,
     load_diffmask_checkpoint,
     train_diffmask,
@@ -43,7 +42,7 @@ from attribution_analysis.pipeline import (
 from attribution_analysis.reporting.html_report import write_report
 from attribution_analysis.reporting.plots import plot_training_history
 from attribution_analysis.utils.devices import seed_everything
-from attribution_analysis.utils.io import atomic_write_json, atomic_write_text
+from attribution_analysis.utils.io import atomic_write_json, atomic_write_text, timestamped_dir
 
 HISTORY_SHOWN = 5
 
@@ -206,7 +205,7 @@ def run_analysis(
 ) -> AnalysisResult:
     """The whole analysis; returns the run folder and summary."""
     seed_everything(config.seed)
-    run_dir = Path(run_dir) if run_dir else default_run_dir(resolve_path(config.output_dir))
+    run_dir = Path(run_dir) if run_dir else timestamped_dir(resolve_path(config.output_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
     ws = open_workspace(config, quiet)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
 
 from attribution_analysis.cli_utils import run_cli
 from attribution_analysis.comparison import run_comparison
@@ -22,7 +21,7 @@ from attribution_analysis.methods.diffmask.train_diffmask import load_diffmask_c
 from attribution_analysis.methods.registry import parse_method_list
 from attribution_analysis.pipeline import open_workspace
 from attribution_analysis.utils.devices import seed_everything
-from attribution_analysis.utils.io import atomic_write_json
+from attribution_analysis.utils.io import atomic_write_json, timestamped_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                 setattr(config, key, getattr(args, key))
         names = parse_method_list(args.methods)
         seed_everything(config.seed)
-        stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-        out_dir = resolve_path(config.output_dir) / f"compare_{stamp}"
+        out_dir = timestamped_dir(resolve_path(config.output_dir), "compare")
         atomic_write_json(out_dir / "config.json", to_dict(config))
         ws = open_workspace(config, args.quiet)
         diffmask = None

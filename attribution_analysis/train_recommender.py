@@ -15,8 +15,8 @@ import sys
 from attribution_analysis.cli_utils import run_cli
 from attribution_analysis.config import RecommenderConfig, load_config
 from attribution_analysis.data.loading import load_mind_data
-from attribution_analysis.evaluation.ranking import write_predictions
 from attribution_analysis.models.pretrained import load_tokenizer
+from attribution_analysis.models.ranking_metrics import write_predictions
 from attribution_analysis.models.serialization import load_recommender
 from attribution_analysis.models.training import evaluate_split, train_recommender
 from attribution_analysis.utils.io import atomic_write_json

@@ -11,7 +11,7 @@ from torch import nn
 
 from attribution_analysis.methods.attention_method import AttentionMethod
 from attribution_analysis.methods.diffmask import DIFFMASK
-from attribution_analysis.methods.diffmask_method import DiffMaskMethod
+from attribution_analysis.methods.diffmask.diffmask_method import DiffMaskMethod
 from attribution_analysis.methods.explained_model import BinaryLogitModel, ModelOutput
 from attribution_analysis.methods.integrated_gradients import IntegratedGradientsMethod
 from attribution_analysis.methods.occlusion import LeaveOneOutMethod

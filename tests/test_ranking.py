@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from attribution_analysis.evaluation.ranking import (
+from attribution_analysis.models.ranking_metrics import (
     auc_score,
     format_predictions,
     mind_metrics,

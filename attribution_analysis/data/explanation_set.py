@@ -96,12 +96,14 @@ class ExplanationSet(Dataset):
             "history": self.table.lookup(history),
             "others": self.table.lookup(others),
             "meta": ex.ids(),
+            "index": i,
         }
 
     def collate(self, items: Sequence[dict]) -> dict:
         """Batch: ``input_ids``/``attention_mask`` ``[batch, tokens]`` (trimmed to the longest),
         ``history_emb [batch, history, dim]``, ``history_mask``, ``other_emb``, ``other_mask``,
-        ``rows [batch]`` and ``meta`` (list of id dicts)."""
+        ``rows [batch]``, ``example_index [batch]`` (positions in this set) and ``meta`` (list
+        of id dicts)."""
         rows = torch.tensor([it["row"] for it in items], dtype=torch.long)
         input_ids, attention_mask = self.table.rows(rows)
         history, history_mask = pad_rows([it["history"] for it in items])
@@ -114,5 +116,6 @@ class ExplanationSet(Dataset):
             "other_emb": self.news_vectors[others],
             "other_mask": other_mask,
             "rows": rows,
+            "example_index": torch.tensor([it["index"] for it in items], dtype=torch.long),
             "meta": [it["meta"] for it in items],
         }

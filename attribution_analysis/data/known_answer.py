@@ -105,12 +105,13 @@ class KeyCountData(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, i: int) -> dict:
         return {
             "input_ids": self.input_ids[i],
             "attention_mask": self.attention_mask[i],
             "labels": self.labels[i],
             "rationale": self.rationale[i],
+            "example_index": i,
         }
 
 

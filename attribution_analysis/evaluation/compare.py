@@ -106,7 +106,7 @@ def evaluate_methods(
     """
     from tqdm.auto import tqdm
 
-    from attribution_analysis.methods.diffmask.train_diffmask import split_batch
+    from attribution_analysis.data.batches import split_batch
 
     evals = {name: MethodEvaluation(name) for name in methods}
     adapter = next(iter(methods.values())).adapter

@@ -20,13 +20,12 @@ every metric they report.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 
 import torch
 
 from attribution_analysis.methods.explained_model import Context, ExplainedModel, make_adapter
-from attribution_analysis.methods.gradient_methods import eval_mode
+from attribution_analysis.utils.modes import eval_mode
 
 OPERATIONS: dict[str, str] = {
     "mask": "removed tokens replaced by the [MASK] id (attended, positions kept)",
@@ -151,15 +150,10 @@ def make_predict(
             raise ValueError(
                 f"keep must be [n_variants, {input_ids.shape[-1]}], got {tuple(keep.shape)}"
             )
-        with torch.no_grad(), _mode(adapter):
+        with torch.no_grad(), eval_mode(adapter.model):
             return torch.cat([run(chunk) for chunk in keep.split(batch_size)])
 
     return predict
-
-
-def _mode(adapter: ExplainedModel) -> contextlib.AbstractContextManager:
-    model = adapter.model
-    return eval_mode(model) if isinstance(model, torch.nn.Module) else contextlib.nullcontext()
 
 
 __all__ = ["OPERATIONS", "make_predict", "removed_ids"]

@@ -26,9 +26,9 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from attribution_analysis.data.batches import split_batch
 from attribution_analysis.methods.base import AttributionMethod
 from attribution_analysis.methods.diffmask.diffmask import DIFFMASK
-from attribution_analysis.methods.diffmask.train_diffmask import split_batch
 from attribution_analysis.models.nrms import NRMS
 
 MethodFactory = Callable[[nn.Module], AttributionMethod]

@@ -16,28 +16,17 @@ padding and special tokens.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from captum.attr import InputXGradient, Saliency
-from torch import nn
 
 from attribution_analysis.methods.base import AttributionMethod
 from attribution_analysis.methods.explained_model import Context, ExplainedModel
+from attribution_analysis.utils.modes import eval_mode
 
 BASELINES = ("pad", "mask", "zero")
 SALIENCY_NORMS = ("l2", "sum_abs")
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) for ``module`` while attributing; the previous mode is restored."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 def batch_context(context: Context, batch: int) -> tuple[list[str], list[torch.Tensor], Context]:
@@ -118,8 +107,7 @@ class EmbeddingMethod(AttributionMethod):
         return words, forward, (attention_mask, *values)
 
     def _mode(self) -> contextlib.AbstractContextManager:
-        model = self.adapter.model
-        return eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext()
+        return eval_mode(self.adapter.model)
 
 
 class SaliencyMethod(EmbeddingMethod):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from attribution_analysis.methods.attention_method import AttentionMethod
 from attribution_analysis.methods.base import AttributionMethod
-from attribution_analysis.methods.diffmask_method import DiffMaskMethod
+from attribution_analysis.methods.diffmask.diffmask_method import DiffMaskMethod
 from attribution_analysis.methods.gradient_methods import InputXGradientMethod, SaliencyMethod
 from attribution_analysis.methods.integrated_gradients import IntegratedGradientsMethod
 from attribution_analysis.methods.occlusion import LeaveOneOutMethod

@@ -14,6 +14,7 @@ from attribution_analysis.data.datasets import ImpressionSet, collate_impression
 from attribution_analysis.data.mind import Impression
 from attribution_analysis.data.tokenization import TokenTable
 from attribution_analysis.models.nrms import NRMS
+from attribution_analysis.utils.modes import eval_mode
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -26,15 +27,13 @@ def encode_news_table(
 ) -> torch.Tensor:
     """News vectors of every row of ``table``: ``[num_rows, dim]`` (on the model's device)."""
     device = _model_device(model)
-    was_training = model.training
-    model.eval()
     out = []
     starts = range(0, len(table), batch_size)
-    for start in tqdm(starts, desc="encode news", disable=quiet, leave=False):
-        rows = torch.arange(start, min(start + batch_size, len(table)))
-        ids, mask = table.rows(rows)
-        out.append(model.news_encoder(ids.to(device), mask.to(device)).vectors.float())
-    model.train(was_training)
+    with eval_mode(model):
+        for start in tqdm(starts, desc="encode news", disable=quiet, leave=False):
+            rows = torch.arange(start, min(start + batch_size, len(table)))
+            ids, mask = table.rows(rows)
+            out.append(model.news_encoder(ids.to(device), mask.to(device)).vectors.float())
     return torch.cat(out)
 
 

@@ -17,13 +17,14 @@ from attribution_analysis.config import RecommenderConfig, resolve_path, to_dict
 from attribution_analysis.data.datasets import ClickSamples, collate_clicks
 from attribution_analysis.data.loading import MindData, load_mind_data
 from attribution_analysis.data.tokenization import TokenTable
-from attribution_analysis.evaluation.ranking import mind_metrics
 from attribution_analysis.models.inference import score_impressions
 from attribution_analysis.models.nrms import NRMS
 from attribution_analysis.models.pretrained import load_tokenizer
+from attribution_analysis.models.ranking_metrics import mind_metrics
 from attribution_analysis.models.serialization import build_nrms, save_recommender
 from attribution_analysis.utils.devices import make_accelerator, seed_everything
 from attribution_analysis.utils.io import atomic_torch_save, atomic_write_json
+from attribution_analysis.utils.modes import eval_mode
 
 
 @dataclass
@@ -42,15 +43,13 @@ def build_lower_cache(model: NRMS, table: TokenTable, batch_size: int = 256) -> 
     """Frozen-bottom states of every news item: ``[num_rows, tokens, hidden]``."""
     encoder = model.news_encoder
     device = next(model.parameters()).device
-    was_training = encoder.training
-    encoder.eval()
     length = int(table.attention_mask.sum(-1).max())
     chunks = []
-    for start in range(0, len(table), batch_size):
-        ids = table.input_ids[start : start + batch_size, :length].to(device)
-        mask = table.attention_mask[start : start + batch_size, :length].to(device)
-        chunks.append(encoder.lower_states(ids, mask))
-    encoder.train(was_training)
+    with eval_mode(encoder):
+        for start in range(0, len(table), batch_size):
+            ids = table.input_ids[start : start + batch_size, :length].to(device)
+            mask = table.attention_mask[start : start + batch_size, :length].to(device)
+            chunks.append(encoder.lower_states(ids, mask))
     return torch.cat(chunks)
 
 

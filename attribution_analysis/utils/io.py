@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +49,8 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     import torch
 
     return atomic_write(path, lambda p: torch.save(obj, p))
+
+
+def timestamped_dir(root: str | os.PathLike, prefix: str = "run") -> Path:
+    """``<root>/<prefix>_<YYYYmmdd_HHMMSS>`` (not created): the name of a new run folder."""
+    return Path(root) / f"{prefix}_{datetime.now().strftime('%Y%m%d_%H%M%S')}"

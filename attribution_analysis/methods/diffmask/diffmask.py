@@ -37,8 +37,14 @@ from attribution_analysis.methods.diffmask.probe_network import (
     SimpleProbeNetwork,
 )
 from attribution_analysis.methods.diffmask.stochastic_gates import StochasticGates
-from attribution_analysis.methods.explained_model import Context, ExplainedModel, make_adapter
+from attribution_analysis.methods.explained_model import (
+    Context,
+    ExplainedModel,
+    ModelOutput,
+    make_adapter,
+)
 from attribution_analysis.methods.result import AttributionResult, library_versions
+from attribution_analysis.utils.modes import eval_mode
 
 PROBE_TYPES = ("simple", "layerwise")
 NON_CONSTRUCTOR_SETTINGS = ("explained_model", "baseline_used")
@@ -274,8 +280,10 @@ class DIFFMASK(nn.Module):
         attention_mask: torch.Tensor,
         context: Context,
         generator: torch.Generator | None = None,
+        original: ModelOutput | None = None,
     ) -> DiffMaskStep:
-        """One masked pass: the original forward (no gradient, hidden states), the probe's gates
+        """One masked pass: the original forward (no gradient, hidden states; ``original`` when
+        given, e.g. from an :class:`~.original_cache.OriginalPassCache`), the probe's gates
         (sampled in train mode, deterministic in eval mode), the masked forward and per-example
         L0 and divergence."""
         adapter = self.adapter
@@ -283,7 +291,8 @@ class DIFFMASK(nn.Module):
         scorable = self.scorable_mask(input_ids, attention_mask)
         with torch.no_grad():
             words = adapter.embed(input_ids)
-            original = adapter.forward(words, attention_mask, context, output_hidden_states=True)
+        if original is None:
+            original = self.original_pass(input_ids, attention_mask, context)
         hidden = tuple(h.detach() for h in original.hidden_states)
         probe = self._probe(hidden, scorable, generator)
         masked = self._masked_forward(words, attention_mask, context, probe.gates)
@@ -309,6 +318,17 @@ class DIFFMASK(nn.Module):
             scorable=scorable,
             delivered_within_margin=delivered,
         )
+
+    @torch.no_grad()
+    def original_pass(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context: Context
+    ) -> ModelOutput:
+        """The explained model on the unmasked input, without gradient: ``output`` and
+        ``hidden_states`` (embedding output + every layer, each ``[batch, tokens, hidden]``)."""
+        adapter = self.adapter
+        words = adapter.embed(input_ids)
+        context = adapter.prepare_context(context)
+        return adapter.forward(words, attention_mask, context, output_hidden_states=True)
 
     def _masked_forward(self, words, attention_mask, context: Context, gates: torch.Tensor):
         """The explained model with ``gates [batch, tokens]`` applied at the masked layer."""
@@ -418,11 +438,9 @@ class DIFFMASK(nn.Module):
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         ctx = self._context(history_emb, history_mask, context)
         adapter = self.adapter
-        was_training = adapter.model.training
-        adapter.model.eval()  # dropout off: attributions are deterministic
-        words = adapter.embed(input_ids)
-        out = adapter.forward(words, attention_mask, ctx, output_hidden_states=True)
-        adapter.model.train(was_training)
+        with eval_mode(adapter.model):  # dropout off: attributions are deterministic
+            words = adapter.embed(input_ids)
+            out = adapter.forward(words, attention_mask, ctx, output_hidden_states=True)
         scorable = self.scorable_mask(input_ids, attention_mask)
         return self._readout(self._log_alpha(out.hidden_states), scorable, readout)
 
@@ -478,21 +496,17 @@ class DIFFMASK(nn.Module):
     ) -> list[AttributionResult]:
         """Full results for a batch: scores, tokens, words, original and masked (deterministic
         gates) outputs and divergence. Costs two forward passes (the masked output needs one)."""
-        was_training, model_was_training = self.training, self.adapter.model.training
-        self.eval()
-        self.adapter.model.eval()
-        t0 = time.perf_counter()
-        step = self.step(input_ids, attention_mask, context)
-        ctx = self.adapter.prepare_context(context)
-        scorable = self.scorable_mask(input_ids, attention_mask)
-        log_alpha = step.probe.log_alpha
-        log_alpha = log_alpha if log_alpha.dim() == 3 else log_alpha[None]
-        scores = self._readout(log_alpha, scorable, self.settings["readout"])
-        orig = self.adapter.explained_output(step.original, ctx)
-        masked = self.adapter.explained_output(step.masked, ctx)
-        seconds = (time.perf_counter() - t0) / len(input_ids)
-        self.train(was_training)
-        self.adapter.model.train(model_was_training)
+        with eval_mode(self, self.adapter.model):
+            t0 = time.perf_counter()
+            step = self.step(input_ids, attention_mask, context)
+            ctx = self.adapter.prepare_context(context)
+            scorable = self.scorable_mask(input_ids, attention_mask)
+            log_alpha = step.probe.log_alpha
+            log_alpha = log_alpha if log_alpha.dim() == 3 else log_alpha[None]
+            scores = self._readout(log_alpha, scorable, self.settings["readout"])
+            orig = self.adapter.explained_output(step.original, ctx)
+            masked = self.adapter.explained_output(step.masked, ctx)
+            seconds = (time.perf_counter() - t0) / len(input_ids)
         meta = {**self.metadata(), "word_aggregation": word_aggregation, "seconds": seconds}
         return build_results(
             "diffmask",

@@ -1,5 +1,8 @@
-"""Train DIFFMASK (Lagrangian: min over probe and baseline, max over lambda >= 0), save
-checkpoints, load them back, and extract attributions.
+"""Train DIFFMASK (Lagrangian: min over probe and baseline, max over lambda >= 0).
+
+The checkpoint format and loading live in :mod:`.checkpoint`, extraction in :mod:`.extraction`;
+``load_diffmask_checkpoint``, ``rebind_diffmask`` and ``extract_attributions_diffmask`` are
+re-exported here, the module of the public training API.
 
 ``train_diffmask`` minimises ``DIFFMASK.lagrangian`` (sparsity term + lambda * constraint term +
 logit decay; see there) with Adam for the probe (``lr_probe``) and the baseline
@@ -15,42 +18,37 @@ epoch whose validation share of examples within the margin reaches ``target_with
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
+from attribution_analysis.data.batches import INDEX_KEY, split_batch
+from attribution_analysis.methods.diffmask.checkpoint import (
+    CHECKPOINT_FORMAT,
+    check_compatible,
+    check_same_settings,
+    checkpoint_blob,
+    latest_checkpoint,
+    load_diffmask_checkpoint,
+    read_checkpoint,
+    rebind_diffmask,
+)
 from attribution_analysis.methods.diffmask.convergence import (
     ConvergenceRule,
     ConvergenceStatus,
     check_convergence,
 )
 from attribution_analysis.methods.diffmask.diffmask import DIFFMASK
-from attribution_analysis.methods.explained_model import ExplainedModel, make_adapter
-from attribution_analysis.methods.result import AttributionResult
+from attribution_analysis.methods.diffmask.extraction import extract_attributions_diffmask
+from attribution_analysis.methods.diffmask.original_cache import OriginalPassCache
 from attribution_analysis.utils.devices import make_accelerator, seed_everything
-from attribution_analysis.utils.io import atomic_torch_save, atomic_write
-
-NON_CONTEXT_KEYS = (
-    "input_ids",
-    "attention_mask",
-    "token_type_ids",
-    "labels",
-    "meta",
-    "rows",
-    "rationale",
-)
-CHECKPOINT_FORMAT = "diffmask/2"
-"""Version 2: unbounded probe logits with a LayerNorm on the probe input (version 1 bounded them
-with ``tanh``); version-1 checkpoints are refused with this reason."""
-
+from attribution_analysis.utils.io import atomic_torch_save, atomic_write, timestamped_dir
+from attribution_analysis.utils.modes import eval_mode, frozen
 
 DEFAULT_CONVERGENCE = ConvergenceRule()
 
@@ -86,150 +84,67 @@ class TrainingHistory:
         }
 
 
-def split_batch(batch: dict, device: torch.device | str) -> tuple:
-    """``(input_ids, attention_mask, context, meta)`` of a loader batch; every other tensor is
-    context (e.g. ``history_emb``)."""
-    context = {
-        k: v.to(device)
-        for k, v in batch.items()
-        if k not in NON_CONTEXT_KEYS and isinstance(v, torch.Tensor)
-    }
-    ids = batch["input_ids"].to(device)
-    return ids, batch["attention_mask"].to(device), context, batch.get("meta")
-
-
-@contextlib.contextmanager
-def frozen(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no gradients for ``model``'s weights; restored afterwards."""
-    flags = [p.requires_grad for p in model.parameters()]
-    was_training = model.training
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(model.parameters(), flags):
-            p.requires_grad_(flag)
-        model.train(was_training)
-
-
-def default_run_dir(root: str | Path = "output/diffmask") -> Path:
-    """``<root>/run_<YYYYmmdd_HHMMSS>``."""
-    return Path(root) / f"run_{datetime.now().strftime('%Y%m%d_%H%M%S')}"
-
-
 # ---------------------------------------------------------------------- checkpoints
-def _checkpoint(
-    diffmask: DIFFMASK, fingerprint: str, optimizers: dict, scheduler, epoch: int, history, gen
-) -> dict:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "epoch": epoch,
-        "settings": diffmask.settings,
-        "fingerprint": fingerprint,
-        "state": {k: v.detach().cpu() for k, v in diffmask.state_dict().items()},
-        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-        "scheduler": scheduler.state_dict(),
-        "generator": gen.get_state(),
-        "history": json.dumps(history.to_dict()),
-    }
-
-
-def _read_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"DIFFMASK checkpoint not found: {path}")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(blob, dict) and blob.get("format") == "diffmask/1":
-        raise ValueError(
-            f"{path}: a DIFFMASK checkpoint of format diffmask/1 (tanh-bounded probe), which "
-            f"this version ({CHECKPOINT_FORMAT}) cannot load; train a new one"
-        )
-    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a DIFFMASK checkpoint (format {CHECKPOINT_FORMAT})")
-    return blob
-
-
-def check_compatible(blob: dict, model: nn.Module | ExplainedModel, path: str | Path) -> None:
-    """Refuse a checkpoint made for another model, with the reason."""
-    adapter = make_adapter(model)
-    saved = blob["settings"]
-    if saved["hidden_dim"] != adapter.hidden_size:
-        raise ValueError(
-            f"{path}: checkpoint was trained for hidden size {saved['hidden_dim']}, "
-            f"the model has {adapter.hidden_size}"
-        )
-    if saved.get("explained_model") != adapter.name:
-        raise ValueError(
-            f"{path}: checkpoint explains a {saved.get('explained_model')!r} model, "
-            f"not a {adapter.name!r}"
-        )
-    fingerprint = adapter.fingerprint()
-    if blob["fingerprint"] != fingerprint:
-        raise ValueError(
-            f"{path}: checkpoint was trained for other model weights (fingerprint "
-            f"{blob['fingerprint']}, this model {fingerprint})"
-        )
-
-
-def _from_settings(model, settings: dict, state: dict) -> DIFFMASK:
-    kwargs = DIFFMASK.constructor_settings(settings)
-    diffmask = DIFFMASK(model, **kwargs)
-    diffmask.load_state_dict(state)
-    diffmask.settings["baseline_used"] = settings.get("baseline_used")
-    return diffmask.to(next(diffmask.adapter.model.parameters()).device).eval()
-
-
-def load_diffmask_checkpoint(path: str | Path, model: nn.Module | ExplainedModel) -> DIFFMASK:
-    """A DIFFMASK (eval mode) from a checkpoint, after checking it was made for ``model``."""
-    blob = _read_checkpoint(path)
-    check_compatible(blob, model, path)
-    return _from_settings(model, blob["settings"], blob["state"])
-
-
-def rebind_diffmask(diffmask: DIFFMASK, model: nn.Module | ExplainedModel) -> DIFFMASK:
-    """The same trained probe and baseline applied to another model of the same shape (used by
-    the sanity check, which randomises the explained model's weights)."""
-    return _from_settings(model, diffmask.settings, diffmask.state_dict())
 
 
 # ---------------------------------------------------------------------- training
 def _optimizers(diffmask: DIFFMASK, lr_probe: float, lr_baseline: float, lr_lambda: float):
     opts = {
         "probe": torch.optim.Adam(diffmask.probe.parameters(), lr=lr_probe),
-        "lambda": torch.optim.Adam([diffmask.lagrange_multiplier], lr=lr_lambda, maximize=True),
+        "lambda": (
+            torch.optim.SGD
+            if __import__("os").environ.get("DM_DUAL") == "sgd"
+            else torch.optim.Adam
+        )([diffmask.lagrange_multiplier], lr=lr_lambda, maximize=True),
     }
     if diffmask.baseline.requires_grad:
         opts["baseline"] = torch.optim.Adam([diffmask.baseline], lr=lr_baseline)
     return opts
 
 
+def original_pass(diffmask: DIFFMASK, batch: dict, ids, mask, ctx, cache: OriginalPassCache | None):
+    """The batch's original pass: from ``cache`` when it holds every example of the batch
+    (batches identify examples by ``example_index``), else computed (and stored)."""
+    index = batch.get(INDEX_KEY) if cache is not None else None
+    if index is None:
+        return diffmask.original_pass(ids, mask, ctx)
+    original = cache.get(index, mask)
+    if original is None:
+        original = diffmask.original_pass(ids, mask, ctx)
+        cache.put(index, mask, original)
+    return original
+
+
 @torch.no_grad()
-def validate(diffmask: DIFFMASK, loader: Iterable, device) -> dict:
+def validate(
+    diffmask: DIFFMASK, loader: Iterable, device, cache: OriginalPassCache | None = None
+) -> dict:
     """Deterministic-gate metrics over ``loader``: mean L0 (kept share), divergence, share
-    within the margin, share with the same decision, share satisfying both."""
-    was_training = diffmask.training
-    diffmask.eval()
+    within the margin, share with the same decision, share satisfying both. ``cache`` keeps
+    the model's original passes for the next call."""
     sums = {"l0": 0.0, "divergence": 0.0, "within_margin": 0.0, "agreement": 0.0, "satisfied": 0.0}
     n = 0
-    for batch in loader:
-        ids, mask, ctx, _ = split_batch(batch, device)
-        s = diffmask.step(ids, mask, ctx)
-        sums["l0"] += s.l0.sum().item()
-        sums["divergence"] += s.divergence.sum().item()
-        sums["within_margin"] += s.within_margin.sum().item()
-        sums["agreement"] += s.agreement.sum().item()
-        sums["satisfied"] += (s.within_margin & s.agreement).sum().item()
-        n += len(ids)
-    diffmask.train(was_training)
+    with eval_mode(diffmask):
+        for batch in loader:
+            ids, mask, ctx, _ = split_batch(batch, device)
+            ctx = diffmask.adapter.prepare_context(ctx)
+            original = original_pass(diffmask, batch, ids, mask, ctx, cache)
+            s = diffmask.step(ids, mask, ctx, original=original)
+            sums["l0"] += s.l0.sum().item()
+            sums["divergence"] += s.divergence.sum().item()
+            sums["within_margin"] += s.within_margin.sum().item()
+            sums["agreement"] += s.agreement.sum().item()
+            sums["satisfied"] += (s.within_margin & s.agreement).sum().item()
+            n += len(ids)
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
-def _train_step(diffmask, batch, device, optimizers, scheduler, grad_clip, gen, accelerator):
+def _train_step(diffmask, batch, device, optimizers, scheduler, grad_clip, gen, accelerator, cache):
     ids, mask, ctx, _ = split_batch(batch, device)
     with accelerator.autocast():
-        step = diffmask.step(ids, mask, ctx, generator=gen)
+        ctx = diffmask.adapter.prepare_context(ctx)
+        original = original_pass(diffmask, batch, ids, mask, ctx, cache)
+        step = diffmask.step(ids, mask, ctx, generator=gen, original=original)
         loss = diffmask.lagrangian(step)
     if not torch.isfinite(loss):
         raise TrainingDiverged(f"DIFFMASK loss became {loss.item()}")
@@ -257,24 +172,6 @@ def _train_step(diffmask, batch, device, optimizers, scheduler, grad_clip, gen, 
 
 def _params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for g in opt.param_groups for p in g["params"]]
-
-
-def _latest(ckpt_dir: Path) -> Path | None:
-    found = sorted(
-        ckpt_dir.glob("diffmask_epoch_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1])
-    )
-    return found[-1] if found else None
-
-
-def _check_same_settings(saved: dict, current: dict, path: Path) -> None:
-    """Resuming continues the same run: refuse a run folder trained with other settings."""
-    keys = sorted((set(saved) | set(current)) - {"baseline_used"})
-    diff = [k for k in keys if saved.get(k) != current.get(k)]
-    if diff:
-        raise ValueError(
-            f"{path}: this run folder was trained with other DIFFMASK settings "
-            f"({', '.join(diff)}); use a new run folder"
-        )
 
 
 def _restore(diffmask, optimizers, scheduler, gen, blob, ckpt_dir: Path) -> TrainingHistory:
@@ -310,6 +207,7 @@ def train_diffmask(
     quiet: bool = False,
     save_checkpoints: bool = True,
     convergence: ConvergenceRule | None = DEFAULT_CONVERGENCE,
+    cache_original_pass: bool = True,
 ) -> TrainingHistory:
     """Train ``diffmask`` on batches from ``train_loader`` (dicts with ``input_ids``,
     ``attention_mask`` and context tensors such as ``history_emb``).
@@ -318,6 +216,10 @@ def train_diffmask(
     :mod:`.convergence`), or at the cap of ``n_epochs`` epochs, in which case the run says so
     and ``history.converged`` is False. ``convergence=None`` always runs ``n_epochs`` epochs.
 
+    With ``cache_original_pass`` (default), the frozen model's pass on the unmasked input is
+    computed once per example and reused in later epochs (:mod:`.original_cache`; needs
+    batches with ``example_index``, costs memory in the number of examples).
+
     Resumes from the latest ``diffmask_epoch_<N>.pt`` in ``output_dir/checkpoints`` when
     ``resume`` is true; the result equals an uninterrupted run (seeded, CPU). Returns the
     :class:`TrainingHistory`; ``diffmask`` ends in eval mode holding the selected checkpoint.
@@ -325,7 +227,7 @@ def train_diffmask(
     seed_everything(seed)
     accelerator = make_accelerator(device, mixed_precision)
     device_t = accelerator.device
-    run_dir = Path(output_dir) if output_dir else default_run_dir()
+    run_dir = Path(output_dir) if output_dir else timestamped_dir("output/diffmask")
     ckpt_dir = run_dir / "checkpoints"
     model = diffmask.adapter.model
     diffmask.to(device_t)
@@ -336,11 +238,11 @@ def train_diffmask(
     )
     gen = torch.Generator(device="cpu").manual_seed(seed)
     history, start = TrainingHistory(run_dir=run_dir), 0
-    latest = _latest(ckpt_dir) if resume and save_checkpoints else None
+    latest = latest_checkpoint(ckpt_dir) if resume and save_checkpoints else None
     if latest is not None:
-        blob = _read_checkpoint(latest)
+        blob = read_checkpoint(latest)
         check_compatible(blob, model, latest)
-        _check_same_settings(blob["settings"], diffmask.settings, latest)
+        check_same_settings(blob["settings"], diffmask.settings, latest)
         history = _restore(diffmask, optimizers, scheduler, gen, blob, ckpt_dir)
         history.run_dir, start = run_dir, blob["epoch"]
         print(f"[diffmask] resumed from {latest}")
@@ -357,6 +259,8 @@ def train_diffmask(
         status = check_convergence(history.epochs, convergence, lambda_max)
         history.convergence = {**status.to_dict(), "rule": convergence.to_dict()}
     done = history.converged
+    train_cache = OriginalPassCache() if cache_original_pass else None
+    val_cache = OriginalPassCache() if cache_original_pass else None
     with frozen(model):
         for epoch in range(start + 1, n_epochs + 1):
             if done:
@@ -376,9 +280,10 @@ def train_diffmask(
                         grad_clip,
                         gen,
                         accelerator,
+                        train_cache,
                     )
                 except TrainingDiverged as exc:
-                    last = _latest(ckpt_dir) if save_checkpoints else None
+                    last = latest_checkpoint(ckpt_dir) if save_checkpoints else None
                     raise TrainingDiverged(
                         f"{exc} at epoch {epoch}; stopped. Last good checkpoint: {last or 'none'}"
                     ) from None
@@ -398,7 +303,7 @@ def train_diffmask(
             for key in keys:
                 summary[key] = sum(r[key] for r in rows) / max(len(rows), 1)
             if val_loader is not None:
-                val = validate(diffmask, val_loader, device_t)
+                val = validate(diffmask, val_loader, device_t, val_cache)
                 summary.update({f"val_{k}": v for k, v in val.items()})
                 if val["within_margin"] >= target_within_margin and val["l0"] < best_l0:
                     best_l0, history.best_epoch = val["l0"], epoch
@@ -424,7 +329,7 @@ def train_diffmask(
                 path = ckpt_dir / f"diffmask_epoch_{epoch}.pt"
                 if history.best_epoch == epoch:
                     history.best_checkpoint = ckpt_dir / "best.pt"
-                blob = _checkpoint(
+                blob = checkpoint_blob(
                     diffmask, fingerprint, optimizers, scheduler, epoch, history, gen
                 )
                 atomic_torch_save(path, blob)
@@ -432,7 +337,7 @@ def train_diffmask(
                     atomic_torch_save(ckpt_dir / "best.pt", blob)
     _report_convergence(history, convergence, n_epochs, quiet)
     if history.best_checkpoint is not None and history.best_checkpoint.is_file():
-        diffmask.load_state_dict(_read_checkpoint(history.best_checkpoint)["state"])
+        diffmask.load_state_dict(read_checkpoint(history.best_checkpoint)["state"])
     elif best_state is not None:
         diffmask.load_state_dict(best_state)
     elif val_loader is not None and not quiet:
@@ -469,62 +374,15 @@ def _report_convergence(
 
 
 # ---------------------------------------------------------------------- extraction
-def extract_attributions_diffmask(
-    diffmask: DIFFMASK,
-    loader: Iterable,
-    n_samples: int | None = 100,
-    device: str = "cpu",
-    tokenizer=None,
-    output_path: str | Path | None = None,
-    return_results: bool = True,
-    word_aggregation: str = "max",
-    quiet: bool = False,
-) -> list[AttributionResult]:
-    """Attribute up to ``n_samples`` examples from ``loader``, batch by batch.
 
-    Results stream to ``output_path`` (JSONL, one result per line; written to a temporary file
-    and renamed when complete). With ``return_results=False`` nothing is kept in memory, so
-    memory does not grow with the number of samples.
-    """
-    diffmask.eval()
-    diffmask.to(device)
-    diffmask.adapter.model.to(device).eval()
-    kept: list[AttributionResult] = []
-    done = 0
 
-    def run(handle) -> None:
-        nonlocal done
-        bar = tqdm(total=n_samples, desc="attributions", disable=quiet)
-        for batch in loader:
-            if n_samples is not None and done >= n_samples:
-                break
-            ids, mask, ctx, meta = split_batch(batch, device)
-            take = len(ids) if n_samples is None else min(len(ids), n_samples - done)
-            ctx = {k: v[:take] for k, v in ctx.items()}
-            results = diffmask.explain(
-                ids[:take],
-                mask[:take],
-                ctx,
-                tokenizer,
-                meta[:take] if meta else None,
-                word_aggregation,
-            )
-            for r in results:
-                if handle is not None:
-                    handle.write(r.to_json() + "\n")
-                if return_results:
-                    kept.append(r)
-            done += take
-            bar.update(take)
-        bar.close()
-
-    if output_path is None:
-        run(None)
-    else:
-
-        def write(tmp: Path) -> None:
-            with tmp.open("w", encoding="utf-8") as handle:
-                run(handle)
-
-        atomic_write(output_path, write)
-    return kept
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "TrainingDiverged",
+    "TrainingHistory",
+    "extract_attributions_diffmask",
+    "load_diffmask_checkpoint",
+    "rebind_diffmask",
+    "train_diffmask",
+    "validate",
+]

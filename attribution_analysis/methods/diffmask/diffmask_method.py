@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from attribution_analysis.methods.base import AttributionMethod
+from attribution_analysis.methods.diffmask.checkpoint import load_diffmask_checkpoint
 from attribution_analysis.methods.diffmask.diffmask import DIFFMASK, READOUTS
 from attribution_analysis.methods.explained_model import ExplainedModel, make_adapter
+from attribution_analysis.utils.modes import eval_mode
 
 
 class DiffMaskMethod(AttributionMethod):
@@ -51,10 +53,6 @@ class DiffMaskMethod(AttributionMethod):
         if diffmask is None:
             if model is None:
                 raise ValueError("loading a DIFFMASK checkpoint needs the explained model")
-            from attribution_analysis.methods.diffmask.train_diffmask import (
-                load_diffmask_checkpoint,
-            )
-
             return load_diffmask_checkpoint(checkpoint, model)
         if model is not None and make_adapter(model).model is not diffmask.adapter.model:
             raise ValueError("this DIFFMASK was built for another model")
@@ -70,20 +68,10 @@ class DiffMaskMethod(AttributionMethod):
     @torch.no_grad()
     def attribute(self, input_ids, attention_mask, context) -> torch.Tensor:
         """Scores ``[batch, tokens]`` (0 on padding and special tokens)."""
-        was_training = self.diffmask.training
-        model = self.adapter.model
-        model_training = model.training if isinstance(model, nn.Module) else None
-        self.diffmask.eval()
-        if model_training is not None:
-            model.eval()
-        try:
+        with eval_mode(self.diffmask, self.adapter.model):
             scores = self.diffmask.get_attributions(
                 input_ids, attention_mask, readout=self.readout, **context
             )
-        finally:
-            self.diffmask.train(was_training)
-            if model_training is not None:
-                model.train(model_training)
         return scores * self.scorable(input_ids, attention_mask)
 
 

@@ -1,0 +1,120 @@
+"""DIFFMASK checkpoints: the file format, safe loading, the check that a checkpoint was made for
+the model at hand, and the run folder's per-epoch files.
+
+A checkpoint is a ``torch.save`` dict of tensors and plain values, written atomically and read
+with ``torch.load(..., weights_only=True)`` (no pickled code runs). Its ``format`` names the
+version; its ``fingerprint`` identifies the explained model's weights, so a checkpoint made for
+another model is refused with the reason. A training run keeps one file per epoch,
+``<run>/checkpoints/diffmask_epoch_<N>.pt``, and the selected epoch as ``best.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from attribution_analysis.methods.diffmask.diffmask import DIFFMASK
+from attribution_analysis.methods.explained_model import ExplainedModel, make_adapter
+
+CHECKPOINT_FORMAT = "diffmask/2"
+"""Version 2: unbounded probe logits with a LayerNorm on the probe input (version 1 bounded them
+with ``tanh``); version-1 checkpoints are refused with this reason."""
+
+
+def checkpoint_blob(
+    diffmask: DIFFMASK, fingerprint: str, optimizers: dict, scheduler, epoch: int, history, gen
+) -> dict:
+    """Everything needed to resume training after ``epoch``: settings, the explained model's
+    fingerprint, DIFFMASK's state, optimizer, scheduler and random-generator states and the
+    training history (JSON text). Tensors only on the CPU; loadable with ``weights_only``."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "settings": diffmask.settings,
+        "fingerprint": fingerprint,
+        "state": {k: v.detach().cpu() for k, v in diffmask.state_dict().items()},
+        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+        "scheduler": scheduler.state_dict(),
+        "generator": gen.get_state(),
+        "history": json.dumps(history.to_dict()),
+    }
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dict at ``path`` (safe loading), refusing other files with the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"DIFFMASK checkpoint not found: {path}")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(blob, dict) and blob.get("format") == "diffmask/1":
+        raise ValueError(
+            f"{path}: a DIFFMASK checkpoint of format diffmask/1 (tanh-bounded probe), which "
+            f"this version ({CHECKPOINT_FORMAT}) cannot load; train a new one"
+        )
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a DIFFMASK checkpoint (format {CHECKPOINT_FORMAT})")
+    return blob
+
+
+def check_compatible(blob: dict, model: nn.Module | ExplainedModel, path: str | Path) -> None:
+    """Refuse a checkpoint made for another model, with the reason."""
+    adapter = make_adapter(model)
+    saved = blob["settings"]
+    if saved["hidden_dim"] != adapter.hidden_size:
+        raise ValueError(
+            f"{path}: checkpoint was trained for hidden size {saved['hidden_dim']}, "
+            f"the model has {adapter.hidden_size}"
+        )
+    if saved.get("explained_model") != adapter.name:
+        raise ValueError(
+            f"{path}: checkpoint explains a {saved.get('explained_model')!r} model, "
+            f"not a {adapter.name!r}"
+        )
+    fingerprint = adapter.fingerprint()
+    if blob["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"{path}: checkpoint was trained for other model weights (fingerprint "
+            f"{blob['fingerprint']}, this model {fingerprint})"
+        )
+
+
+def _from_settings(model, settings: dict, state: dict) -> DIFFMASK:
+    kwargs = DIFFMASK.constructor_settings(settings)
+    diffmask = DIFFMASK(model, **kwargs)
+    diffmask.load_state_dict(state)
+    diffmask.settings["baseline_used"] = settings.get("baseline_used")
+    return diffmask.to(next(diffmask.adapter.model.parameters()).device).eval()
+
+
+def load_diffmask_checkpoint(path: str | Path, model: nn.Module | ExplainedModel) -> DIFFMASK:
+    """A DIFFMASK (eval mode) from a checkpoint, after checking it was made for ``model``."""
+    blob = read_checkpoint(path)
+    check_compatible(blob, model, path)
+    return _from_settings(model, blob["settings"], blob["state"])
+
+
+def rebind_diffmask(diffmask: DIFFMASK, model: nn.Module | ExplainedModel) -> DIFFMASK:
+    """The same trained probe and baseline applied to another model of the same shape (used by
+    the sanity check, which randomises the explained model's weights)."""
+    return _from_settings(model, diffmask.settings, diffmask.state_dict())
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    found = sorted(
+        ckpt_dir.glob("diffmask_epoch_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1])
+    )
+    return found[-1] if found else None
+
+
+def check_same_settings(saved: dict, current: dict, path: Path) -> None:
+    """Resuming continues the same run: refuse a run folder trained with other settings."""
+    keys = sorted((set(saved) | set(current)) - {"baseline_used"})
+    diff = [k for k in keys if saved.get(k) != current.get(k)]
+    if diff:
+        raise ValueError(
+            f"{path}: this run folder was trained with other DIFFMASK settings "
+            f"({', '.join(diff)}); use a new run folder"
+        )
