@@ -25,7 +25,6 @@ from attribution_analysis.evaluation.word_statistics import (
     top_words_rule,
 )
 from attribution_analysis.methods.diffmask import DIFFMASK
-from attribution_analysis.methods.diffmask.convergence import ConvergenceRule
 from attribution_analysis.methods.diffmask.train_diffmask import (
     extract_attributions_diffmask,
     load_diffmask_checkpoint,
@@ -163,25 +162,18 @@ def train_for_workspace(
 
 
 def _train(ws: Workspace, diffmask: DIFFMASK, run_dir: Path, train_ex, val_ex, quiet: bool):
-    d, cfg = ws.config.diffmask, ws.config
+    cfg = ws.config
     torch.manual_seed(cfg.seed)
     return train_diffmask(
         diffmask,
         ws.loader(train_ex, shuffle=True),
-        n_epochs=d.n_epochs,
-        lr_probe=d.lr_probe,
-        lr_baseline=d.lr_baseline,
-        lr_lambda=d.lr_lambda,
-        device=cfg.device,
+        cfg.diffmask.training,
         val_loader=ws.loader(val_ex),
         output_dir=run_dir,
-        warmup_steps=d.warmup_steps,
-        grad_clip=d.grad_clip,
-        target_within_margin=d.target_within_margin,
-        seed=cfg.seed,
+        device=cfg.device,
         mixed_precision=cfg.mixed_precision,
+        seed=cfg.seed,
         quiet=quiet,
-        convergence=ConvergenceRule.from_config(d),
     )
 
 

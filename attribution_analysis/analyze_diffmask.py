@@ -104,7 +104,7 @@ def apply_overrides(config: AttributionConfig, args: argparse.Namespace) -> Attr
             setattr(config, key, getattr(args, key))
     for key in DIFFMASK_KEYS:
         if getattr(args, key) is not None:
-            setattr(config.diffmask, key, getattr(args, key))
+            config.diffmask.set(key, getattr(args, key))
     if args.compare is not None:
         config.compare_methods = [m for m in args.compare.split(",") if m]
     return config

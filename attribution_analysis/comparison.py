@@ -36,24 +36,19 @@ def build_methods(
     ig_steps: int,
     model=None,
 ) -> dict[str, AttributionMethod]:
-    """Instantiate the named methods for the workspace's recommender (or ``model``)."""
+    """Instantiate the named methods for the workspace's recommender (or ``model``): every
+    method gets the same token ids and seed, plus its own options (IG's steps, the trained
+    DIFFMASK)."""
     model = model if model is not None else ws.model
     tok = ws.tokenizer
-    common = {"special_token_ids": tok.all_special_ids, "seed": ws.config.seed}
-    ids = {"pad_token_id": tok.pad_token_id, "mask_token_id": tok.mask_token_id}
-    methods: dict[str, AttributionMethod] = {}
-    for name in names:
-        if name == "diffmask":
-            if diffmask is None:
-                raise ValueError("diffmask requested but no DIFFMASK given")
-            methods[name] = build_method(name, model, diffmask=diffmask, seed=ws.config.seed)
-        elif name == "ig":
-            methods[name] = build_method(name, model, n_steps=ig_steps, **common, **ids)
-        elif name == "leave_one_out":
-            methods[name] = build_method(name, model, **common, **ids)
-        else:
-            methods[name] = build_method(name, model, **common)
-    return methods
+    common = {
+        "special_token_ids": tok.all_special_ids,
+        "pad_token_id": tok.pad_token_id,
+        "mask_token_id": tok.mask_token_id,
+        "seed": ws.config.seed,
+    }
+    options = {"ig": {"n_steps": ig_steps}, "diffmask": {"diffmask": diffmask}}
+    return {name: build_method(name, model, **common, **options.get(name, {})) for name in names}
 
 
 def gold_lookup(ws: Workspace):

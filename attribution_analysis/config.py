@@ -100,43 +100,132 @@ class RecommenderConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+@dataclass(frozen=True)
+class ConvergenceRule:
+    """When DIFFMASK training has converged (see ``methods/diffmask/convergence.py``): over the
+    last ``window + 1`` epochs, spread(lambda) <= ``lambda_atol + lambda_rtol * mean|lambda|``
+    and spread(validation L0) <= ``l0_atol``, after at least ``min_epochs`` epochs."""
+
+    window: int = 3  # epochs over which both must be level (needs window + 1 epochs)
+    lambda_rtol: float = 0.1  # relative tolerance on the spread of the epoch-mean lambda
+    lambda_atol: float = 1.0  # absolute tolerance on it (a lambda hovering near 0 is level)
+    l0_atol: float = 0.01  # tolerance on the spread of the validation share of kept tokens
+    min_epochs: int = 4  # never stop before this many epochs
+
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ConfigError(f"window must be >= 1, got {self.window}")
+        for name in ("lambda_rtol", "lambda_atol", "l0_atol"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
+        if self.min_epochs < 1:
+            raise ConfigError(f"min_epochs must be >= 1, got {self.min_epochs}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ProbeConfig:
+    """DIFFMASK's probe: which hidden states it reads and its size."""
+
+    probe_type: str = "layerwise"  # "layerwise": probe k reads [h(0); h(k)], gates multiplied
+    # (the layer vote); "simple": one probe on one hidden state
+    num_probe_layers: int | None = None  # probes of the vote; None: embeddings + every layer
+    probe_layer: int | None = None  # the simple probe's hidden state; None: the last layer
+    # (input masking) or mask_layer (hidden-state masking)
+    probe_hidden_dim: int | None = None  # width of each probe's hidden layer; None: half of its
+    # input (hidden size for the vote, whose probes read two states; hidden size // 2 otherwise)
+    probe_init_bias: float = 3.0  # initial gate logit: every gate starts open, P(z != 0) ~ 0.99
+
+
+@dataclass
+class GateConfig:
+    """Hard Concrete gates: their distribution, where they act, what replaces a dropped token,
+    and how gates become scores."""
+
+    temperature: float = 2 / 3  # Hard Concrete temperature
+    stretch: float = 0.1  # stretch s: the Concrete is stretched to (-s, 1 + s), then clipped
+    mask_layer: int = 0  # 0: gate the word embeddings; l >= 1: gate hidden state l
+    baseline_init: str = "mask"  # start of the replacement vector: "mask" (the [MASK] word
+    # embedding), "pad" or "zeros"; hidden-state masking always starts at zeros
+    learn_baseline: bool = True  # train the replacement vector (else keep it fixed)
+    readout: str = "keep_probability"  # scores: "keep_probability" (P(z != 0)), "sigmoid",
+    # or "deterministic" (the test-time gate)
+
+
+@dataclass
+class ObjectiveConfig:
+    """What DIFFMASK minimises: sparsity subject to the divergence constraint (a Lagrangian)."""
+
+    constraint_margin: float = 0.1  # margin m of the constraint D(y || y_masked) <= m
+    divergence: str | None = None  # None: the explained model's default (NRMS: bernoulli_kl)
+    constraint: str = "per_example"  # "per_example": mean max(D_i - m, 0), lambda driven by the
+    # share of delivered masks outside the margin; "mean": mean(D - m) (the original form)
+    within_margin_goal: float = 0.97  # per_example: share of examples the dual keeps within m
+    delivered_check_examples: int | None = None  # per_example: examples of each training batch
+    # whose delivered (deterministic) mask is checked to drive lambda (an unbiased estimate on
+    # a random subset, cheaper for large batches); null: the whole batch
+    sparsity_loss: str = "l0"  # "l0": mean P(z != 0); "log_l0": mean log P(z != 0)
+    logit_decay: float = 1e-3  # weight of mean(log_alpha^2), keeps gates away from saturation
+    lambda_init: float = 1.0  # the Lagrange multiplier's start
+    lambda_max: float = 200.0  # its upper clamp
+
+
+@dataclass
+class DiffMaskTrainingConfig:
+    """How DIFFMASK is trained (``train_diffmask``)."""
+
+    n_epochs: int = 30  # a cap: training stops earlier when it has converged
+    lr_probe: float = 1e-3  # Adam learning rate of the probe
+    lr_baseline: float = 1e-3  # Adam learning rate of the replacement vector
+    lr_lambda: float = 0.5  # Adam learning rate of the multiplier (dual ascent)
+    warmup_steps: int = 0  # linear warm-up of the probe's learning rate
+    grad_clip: float = 1.0  # gradient-norm clip of probe and baseline
+    target_within_margin: float = 0.95  # selection: the sparsest epoch whose validation share
+    # within the margin reaches this
+    cache_original_pass: bool = True  # reuse the frozen model's unmasked pass across epochs
+    # (one forward pass less per step; memory grows with the number of training examples)
+    convergence: ConvergenceRule | None = field(default_factory=ConvergenceRule)  # the stopping
+    # rule; null: always train n_epochs epochs
+
+
 @dataclass
 class DiffMaskConfig:
-    """DIFFMASK settings (see ``methods/diffmask``); the defaults are the library's."""
+    """DIFFMASK's settings, in sections; every default is the library's (``DIFFMASK`` and
+    ``train_diffmask`` read their defaults from here)."""
 
-    probe_type: str = "layerwise"
-    num_probe_layers: int | None = None
-    probe_layer: int = -1
-    probe_hidden_dim: int | None = None
-    constraint_margin: float = 0.1
-    divergence: str = "bernoulli_kl"
-    temperature: float = 2 / 3
-    stretch: float = 0.1
-    baseline_init: str = "mask"
-    learn_baseline: bool = True
-    readout: str = "keep_probability"
-    mask_layer: int = 0
-    n_epochs: int = 30
-    lr_probe: float = 1e-3
-    lr_baseline: float = 1e-3
-    lr_lambda: float = 0.5
-    probe_init_bias: float = 3.0
-    constraint: str = "per_example"
-    within_margin_goal: float = 0.97
-    sparsity_loss: str = "l0"
-    logit_decay: float = 1e-3
-    lambda_init: float = 1.0
-    lambda_max: float = 200.0
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
-    target_within_margin: float = 0.95
-    convergence_window: int = 3
-    convergence_lambda_rtol: float = 0.1
-    convergence_lambda_atol: float = 1.0
-    convergence_l0_atol: float = 0.01
-    convergence_min_epochs: int = 4
-    train_examples: int = 2000
-    val_examples: int = 300
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    gates: GateConfig = field(default_factory=GateConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    training: DiffMaskTrainingConfig = field(default_factory=DiffMaskTrainingConfig)
+    train_examples: int = 2000  # candidates DIFFMASK trains on (from the train split)
+    val_examples: int = 300  # held-out candidates for validation and model selection
+
+    def sections(self) -> dict[str, Any]:
+        """The sections by name: ``probe``, ``gates``, ``objective``, ``training``."""
+        return {
+            "probe": self.probe,
+            "gates": self.gates,
+            "objective": self.objective,
+            "training": self.training,
+        }
+
+    def set(self, key: str, value: Any) -> None:
+        """Set the field ``key`` in whichever section holds it (names are unique)."""
+        for section in self.sections().values():
+            if key in {f.name for f in dataclasses.fields(section)}:
+                setattr(section, key, value)
+                return
+        raise ConfigError(f"no DIFFMASK setting named {key!r}")
+
+    def constructor_kwargs(self) -> dict[str, Any]:
+        """The ``DIFFMASK(...)`` keyword arguments of the probe, gate and objective sections."""
+        out: dict[str, Any] = {}
+        for section in (self.probe, self.gates, self.objective):
+            out.update(dataclasses.asdict(section))
+        return out
 
 
 @dataclass
@@ -241,12 +330,25 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     unknown = sorted(set(data) - set(valid))
     if unknown:
         where = prefix.rstrip(".") or "top level"
+        moved = _moved_keys(cls, unknown, prefix)
         raise ConfigError(
             f"unknown config key(s) {', '.join(repr(prefix + k) for k in unknown)} "
-            f"in {where}; valid keys: {', '.join(valid)}"
+            f"in {where}; valid keys: {', '.join(valid)}{moved}"
         )
     kwargs = {k: _check_value(prefix + k, hints[k], v) for k, v in data.items()}
     return cls(**kwargs)
+
+
+def _moved_keys(cls: type, unknown: list[str], prefix: str) -> str:
+    """A hint for keys that belong to a section one level down (e.g. ``diffmask.lr_probe`` is
+    ``diffmask.training.lr_probe``)."""
+    hints = []
+    for name, tp in _field_types(cls).items():
+        inner = [a for a in (typing.get_args(tp) or (tp,)) if _is_dataclass_type(a)]
+        for section in inner:
+            fields = {f.name for f in dataclasses.fields(section)}
+            hints += [f"'{prefix}{k}' is now '{prefix}{name}.{k}'" for k in unknown if k in fields]
+    return f" ({'; '.join(hints)})" if hints else ""
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -58,33 +58,8 @@ class Workspace:
     def build_diffmask(self) -> DIFFMASK:
         """A fresh DIFFMASK with the config's settings for this recommender (its probe is
         initialised from the config's seed, whatever ran before in the process)."""
-        d = self.config.diffmask
         torch.manual_seed(self.config.seed)
-        return DIFFMASK(
-            self.model,
-            probe_type=d.probe_type,
-            num_probe_layers=d.num_probe_layers,
-            probe_layer=d.probe_layer if d.probe_layer >= 0 else None,
-            probe_hidden_dim=d.probe_hidden_dim,
-            constraint_margin=d.constraint_margin,
-            temperature=d.temperature,
-            stretch=d.stretch,
-            divergence=d.divergence,
-            baseline_init=d.baseline_init,
-            learn_baseline=d.learn_baseline,
-            readout=d.readout,
-            mask_layer=d.mask_layer,
-            special_token_ids=self.tokenizer.all_special_ids,
-            mask_token_id=self.tokenizer.mask_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-            probe_init_bias=d.probe_init_bias,
-            constraint=d.constraint,
-            within_margin_goal=d.within_margin_goal,
-            sparsity_loss=d.sparsity_loss,
-            logit_decay=d.logit_decay,
-            lambda_init=d.lambda_init,
-            lambda_max=d.lambda_max,
-        )
+        return DIFFMASK.from_config(self.model, self.config.diffmask, self.tokenizer)
 
 
 def recommender_config(config: AttributionConfig) -> RecommenderConfig:

@@ -134,7 +134,6 @@ class Replay:
         self.method, self.adapter, self.name = method, method.adapter, method.name
         self.cache: list[tuple[torch.Tensor, torch.Tensor, dict]] = []
         self.position = 0
-        self.extra: dict = {}
 
     def rewind(self) -> None:
         self.position = 0
@@ -142,18 +141,18 @@ class Replay:
     def scorable(self, input_ids, attention_mask):
         return self.method.scorable(input_ids, attention_mask)
 
-    def attribute(self, input_ids, attention_mask, context) -> torch.Tensor:
+    def attribute(self, input_ids, attention_mask, context, return_extras=False):
         if self.position == len(self.cache):
-            scores = self.method.attribute(input_ids, attention_mask, context).detach().cpu()
-            self.cache.append((input_ids.cpu(), scores, self.method.extra_outputs()))
-        ids, scores, self.extra = self.cache[self.position]
+            scores, extras = self.method.attribute(
+                input_ids, attention_mask, context, return_extras=True
+            )
+            self.cache.append((input_ids.cpu(), scores.detach().cpu(), extras))
+        ids, scores, extras = self.cache[self.position]
         if not torch.equal(ids, input_ids.cpu()):
             raise RuntimeError(f"{self.name}: the batches changed between passes")
         self.position += 1
-        return scores.to(input_ids.device)
-
-    def extra_outputs(self) -> dict:
-        return self.extra
+        scores = scores.to(input_ids.device)
+        return (scores, extras) if return_extras else scores
 
 
 def _nanmean(values) -> float:

@@ -112,7 +112,7 @@ def test_ig_of_linear_model_is_input_minus_baseline_times_weight(baseline):
         baseline=baseline,
         n_steps=7,
     )
-    scores = method.attribute(ids, attention, {})
+    scores, extras = method.attribute(ids, attention, {}, return_extras=True)
     x = linear.embed(ids).detach()
     token = {"pad": pad, "mask": mask}.get(baseline)
     fill = torch.zeros(4) if token is None else linear.embed(torch.tensor(token)).detach()
@@ -120,7 +120,9 @@ def test_ig_of_linear_model_is_input_minus_baseline_times_weight(baseline):
     expected = ((x - fill) * linear.model.w.detach()).sum(-1) * scorable
     torch.testing.assert_close(scores, expected, atol=1e-6, rtol=1e-5)
     assert (scores[~scorable] == 0).all()
-    assert max(method.extra_outputs()["completeness_error"]) < 1e-5
+    assert extras["completeness_error"].shape == (len(ids),)
+    assert extras["completeness_error"].max() < 1e-5
+    torch.testing.assert_close(method.attribute(ids, attention, {}), scores)  # scores alone
 
 
 def test_ig_rejects_missing_token_id():
@@ -132,8 +134,8 @@ def test_ig_rejects_missing_token_id():
 def _ig_errors(setup, n_steps: int) -> list[float]:
     tok, model, ids, mask, context = setup
     method = IntegratedGradientsMethod(model, n_steps=n_steps, **_kwargs(tok, "ig"))
-    method.attribute(ids, mask, context)
-    return method.extra_outputs()["completeness_error"]
+    _, extras = method.attribute(ids, mask, context, return_extras=True)
+    return extras["completeness_error"].tolist()
 
 
 def test_ig_completeness_error_small_and_shrinks_with_steps(setup):
@@ -262,3 +264,27 @@ def test_completeness_error_nan_when_no_difference():
 
     out = relative_completeness_error(torch.tensor([0.1, 0.0]), torch.tensor([0.5, 0.0]))
     assert out[0] == pytest.approx(0.2) and math.isnan(out[1])
+
+
+def test_registry_names_are_the_class_names_and_methods_take_the_same_ids(setup):
+    from attribution_analysis.methods.registry import METHODS, build_method
+
+    tok, model, ids, mask, context = setup
+    assert all(cls.name == name for name, cls in METHODS.items())
+    common = {
+        "special_token_ids": tok.all_special_ids,
+        "pad_token_id": tok.pad_token_id,
+        "mask_token_id": tok.mask_token_id,
+        "seed": 0,
+    }
+    for name in METHODS:
+        extra = {"diffmask": _diffmask(tok, model)} if name == "diffmask" else {}
+        method = build_method(name, model, **common, **extra)
+        scores, extras = method.attribute(ids, mask, context, return_extras=True)
+        assert scores.shape == ids.shape and isinstance(extras, dict), name
+
+
+def test_diffmask_method_refuses_other_token_ids(setup):
+    tok, model, *_ = setup
+    with pytest.raises(ValueError, match="another tokenizer"):
+        DiffMaskMethod(model, diffmask=_diffmask(tok, model), mask_token_id=12345)

@@ -186,3 +186,44 @@ def test_shipped_configs_load(path: Path) -> None:
     assert isinstance(config, cls)
     if isinstance(config, AttributionConfig):
         assert (REPO / config.model_config).is_file(), config.model_config
+
+
+def test_flat_diffmask_key_names_its_new_section() -> None:
+    with pytest.raises(ConfigError) as exc:
+        from_dict(AttributionConfig, {"diffmask": {"lr_probe": 0.01}})
+    assert "'diffmask.lr_probe' is now 'diffmask.training.lr_probe'" in str(exc.value)
+
+
+def test_diffmask_sections_are_the_constructor_and_training_defaults() -> None:
+    """One source of truth: the keyword defaults of DIFFMASK and train_diffmask are the
+    config sections' defaults."""
+    import inspect
+
+    from attribution_analysis.methods.diffmask import DIFFMASK
+    from attribution_analysis.methods.diffmask.train_diffmask import training_settings
+
+    params = inspect.signature(DIFFMASK.__init__).parameters
+    kwargs = DiffMaskConfig().constructor_kwargs()
+    assert kwargs, "sections hold the constructor settings"
+    for key, value in kwargs.items():
+        assert params[key].default == value, key
+    assert training_settings() == DiffMaskConfig().training
+    assert training_settings(n_epochs=3).n_epochs == 3
+    with pytest.raises(TypeError, match="valid: n_epochs"):
+        training_settings(n_epoch=3)
+
+
+def test_shipped_config_writes_every_default() -> None:
+    from attribution_analysis.config import load_config
+
+    config = load_config(AttributionConfig, "configs/attribution/nrms_bert_finetune.yaml")
+    assert config.diffmask == DiffMaskConfig()
+
+
+def test_diffmask_set_finds_the_section() -> None:
+    config = DiffMaskConfig()
+    config.set("lr_probe", 0.5)
+    config.set("probe_type", "simple")
+    assert config.training.lr_probe == 0.5 and config.probe.probe_type == "simple"
+    with pytest.raises(ConfigError, match="no DIFFMASK setting"):
+        config.set("bogus", 1)

@@ -69,7 +69,7 @@ def test_run_folder_contents(trained_run):
     with (trained_run / "top_words_per_sample.csv").open() as handle:
         assert max(int(r["rank"]) for r in csv.DictReader(handle)) <= 4
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
-    assert config["diffmask"]["n_epochs"] == 2 and config["top_k"] == 4
+    assert config["diffmask"]["training"]["n_epochs"] == 2 and config["top_k"] == 4
     plots = list((trained_run / "plots").glob("*.png"))
     assert plots, "training curves are plotted"
 

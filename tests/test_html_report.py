@@ -161,6 +161,21 @@ def test_write_report_creates_standalone_file(tmp_path: Path, history_plots) -> 
     assert [p.name for p in out.parent.iterdir()] == ["report.html"]
 
 
+def test_csp_allows_only_the_reports_own_script_by_its_hash(tmp_path: Path) -> None:
+    import base64
+    import hashlib
+    import html as html_lib
+
+    text = write_report(tmp_path / "report.html", **_report_kwargs([])).read_text("utf-8")
+    csp = html_lib.unescape(re.search(r'Content-Security-Policy" content="([^"]*)"', text)[1])
+    script_src = re.search(r"script-src ([^;]*);", csp)[1]
+    assert "unsafe-inline" not in script_src
+    scripts = re.findall(r"<script>(.*?)</script>", text, flags=re.DOTALL)
+    assert len(scripts) == 1
+    digest = base64.b64encode(hashlib.sha256(scripts[0].encode("utf-8")).digest()).decode()
+    assert script_src == f"'sha256-{digest}'"
+
+
 def test_untrusted_text_is_escaped(tmp_path: Path) -> None:
     """Hostile titles, history, settings and table cells appear only escaped."""
     text = write_report(tmp_path / "r.html", **_report_kwargs()).read_text(encoding="utf-8")

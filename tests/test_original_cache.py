@@ -1,5 +1,6 @@
 """The original-pass cache serves what the model would compute, and training with it gives the
-same run as training without it, with one forward pass per example and epoch fewer."""
+same run as training without it, with one forward pass per example and epoch fewer; the
+delivered-mask check may run on a subset of each batch."""
 
 from __future__ import annotations
 
@@ -109,3 +110,22 @@ def test_training_with_the_cache_equals_training_without_it():
     for a, b in zip(cached.epochs, plain.epochs):
         for key in ("loss", "l0", "lambda", "val_l0", "val_divergence"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+
+
+def test_delivered_check_on_a_subset_of_the_batch():
+    data = TASK.generate(8, seed=6)
+    model = _model()
+    torch.manual_seed(0)
+    dm = DIFFMASK(
+        model,
+        special_token_ids=SPECIAL_IDS,
+        mask_token_id=MASK,
+        pad_token_id=PAD,
+        delivered_check_examples=3,
+    ).train()
+    step = dm.step(data.input_ids, data.attention_mask, {})
+    assert step.delivered_within_margin.shape == (3,)
+    full = _diffmask(model).train()
+    assert full.step(data.input_ids, data.attention_mask, {}).delivered_within_margin.shape == (8,)
+    with pytest.raises(ValueError, match="delivered_check_examples"):
+        DIFFMASK(model, delivered_check_examples=0)

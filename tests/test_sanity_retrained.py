@@ -11,7 +11,13 @@ import torch
 from attribution_analysis import comparison
 from attribution_analysis.analysis import train_for_workspace
 from attribution_analysis.comparison import SANITY_DIR, SANITY_LAYERS, build_methods, sanity_rows
-from attribution_analysis.config import AttributionConfig, DiffMaskConfig, RecommenderConfig
+from attribution_analysis.config import (
+    AttributionConfig,
+    DiffMaskConfig,
+    DiffMaskTrainingConfig,
+    ProbeConfig,
+    RecommenderConfig,
+)
 from attribution_analysis.data.loading import load_mind_data
 from attribution_analysis.data.synthetic import SyntheticConfig
 from attribution_analysis.evaluation.compare import display_rows, markdown_table
@@ -65,7 +71,12 @@ def ran(tmp_path_factory):
         batch_size=8,
         n_samples=6,
         seed=0,
-        diffmask=DiffMaskConfig(probe_type="simple", n_epochs=2, train_examples=16, val_examples=8),
+        diffmask=DiffMaskConfig(
+            probe=ProbeConfig(probe_type="simple"),
+            training=DiffMaskTrainingConfig(n_epochs=2),
+            train_examples=16,
+            val_examples=8,
+        ),
     )
     rec = RecommenderConfig(data=data_cfg, model=tiny_config())
     ws = Workspace(config, rec, model, tok, data, encode_news_table(model, data.table))

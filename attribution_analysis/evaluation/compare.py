@@ -116,13 +116,13 @@ def evaluate_methods(
         scores = {}
         for name, method in methods.items():
             t0 = time.perf_counter()
-            scores[name] = method.attribute(ids, mask, ctx).detach().float().cpu()
+            attr, extra = method.attribute(ids, mask, ctx, return_extras=True)
+            scores[name] = attr.detach().float().cpu()
             per_example = (time.perf_counter() - t0) / len(ids)
-            extra = method.extra_outputs()
             for i in range(len(ids)):
                 evals[name].add("seconds_per_example", per_example)
                 if "completeness_error" in extra:
-                    evals[name].add("completeness_error", extra["completeness_error"][i])
+                    evals[name].add("completeness_error", float(extra["completeness_error"][i]))
         scorable_all = next(iter(methods.values())).scorable(ids, mask).cpu()
         for i in range(len(ids)):
             n = int(mask[i].sum())

@@ -95,20 +95,16 @@ def baseline_scores(
     model, setup: KnownAnswerSetup, test, seed: int, names: tuple[str, ...] = BASELINES
 ) -> dict[str, dict]:
     """JS, AUPRC and seconds per example of the named baselines on ``test``."""
-    common = {"special_token_ids": SPECIAL_IDS, "seed": seed}
-    ids = {"pad_token_id": PAD, "mask_token_id": MASK}
+    common = {"special_token_ids": SPECIAL_IDS, "pad_token_id": PAD, "mask_token_id": MASK}
+    common["seed"] = seed
+    options = {"ig": {"n_steps": setup.ig_steps}}
     scorable = build_method("random", model, **common).scorable(test.input_ids, test.attention_mask)
     results = {}
     for name in names:
         if name == "uniform":
             scores, seconds = scorable.float(), 0.0
         else:
-            kwargs = dict(common)
-            if name == "ig":
-                kwargs.update(ids, n_steps=setup.ig_steps)
-            elif name == "leave_one_out":
-                kwargs.update(ids)
-            method = build_method(name, model, **kwargs)
+            method = build_method(name, model, **common, **options.get(name, {}))
             scores, seconds = _attribute(method, test, setup.batch_size)
         results[name] = {**_scores_of(scores, test, scorable), "seconds_per_example": seconds}
     return results

@@ -24,7 +24,7 @@ class AttentionMethod(EmbeddingMethod):
         return {"weights": "news encoder additive attention", "normalised": "scorable tokens"}
 
     @torch.no_grad()
-    def attribute(self, input_ids, attention_mask, context) -> torch.Tensor:
+    def _attribute(self, input_ids, attention_mask, context) -> torch.Tensor:
         """Scores ``[batch, tokens]`` in [0, 1], summing to 1 over scorable tokens."""
         context = self.adapter.prepare_context(context)
         with self._mode():

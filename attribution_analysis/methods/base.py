@@ -77,34 +77,58 @@ def build_results(
 class AttributionMethod(ABC):
     """One attribution method over an explained model.
 
-    Subclasses implement :meth:`attribute` (scores ``[batch, tokens]``, exactly 0 on padding and
-    special tokens) and set ``name`` and ``word_aggregation`` (how subword scores merge).
+    Subclasses implement :meth:`_attribute` (scores ``[batch, tokens]``, exactly 0 on padding
+    and special tokens, optionally with extra per-example outputs) and set ``name`` (the one
+    name the registry knows them by) and ``word_aggregation`` (how subword scores merge).
     """
 
     name: str = "method"
     word_aggregation: str = "sum"
 
-    def __init__(self, model, special_token_ids: Sequence[int] = (), seed: int = 0) -> None:
+    def __init__(
+        self,
+        model,
+        special_token_ids: Sequence[int] = (),
+        seed: int = 0,
+        pad_token_id: int | None = None,
+        mask_token_id: int | None = None,
+    ) -> None:
+        """Every method takes the same token-id information (``special_token_ids`` never
+        scored; ``pad_token_id``/``mask_token_id`` for methods that build baselines from them)
+        and a ``seed``, so that any method is built the same way by name."""
         self.adapter: ExplainedModel = make_adapter(model)
         self.special_token_ids = sorted(int(i) for i in special_token_ids)
         self.seed = seed
+        self.pad_token_id = pad_token_id
+        self.mask_token_id = mask_token_id
 
     def scorable(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return scorable_mask(input_ids, attention_mask, self.special_token_ids)
 
-    @abstractmethod
     def attribute(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        context: Context,
+        return_extras: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Token scores ``[batch, tokens]``; higher = more responsible for the output. With
+        ``return_extras`` (as Captum's ``return_convergence_delta``), also the method's extra
+        per-example outputs ``{name: [batch]}`` (e.g. IG's completeness error; ``{}`` for most
+        methods)."""
+        out = self._attribute(input_ids, attention_mask, context)
+        scores, extras = out if isinstance(out, tuple) else (out, {})
+        return (scores, extras) if return_extras else scores
+
+    @abstractmethod
+    def _attribute(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context: Context
-    ) -> torch.Tensor:
-        """Token scores ``[batch, tokens]``; higher = more responsible for the output."""
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Scores ``[batch, tokens]`` (exactly 0 on padding and special tokens), or the scores
+        and a dict of extra per-example outputs ``{name: [batch]}``."""
 
     def settings(self) -> dict:
         """Method arguments recorded in each result's metadata."""
-        return {}
-
-    def extra_outputs(self) -> dict[str, list]:
-        """Per-example values from the last :meth:`attribute` call to store in metadata
-        (e.g. IG's completeness error); lists of length ``batch``."""
         return {}
 
     @torch.no_grad()
@@ -126,9 +150,9 @@ class AttributionMethod(ABC):
             input_ids, attention_mask, self.adapter.prepare_context(context)
         )
         t0 = time.perf_counter()
-        scores = self.attribute(input_ids, attention_mask, context).detach().float()
+        scores, extras = self.attribute(input_ids, attention_mask, context, return_extras=True)
+        scores = scores.detach().float()
         seconds = (time.perf_counter() - t0) / len(input_ids)
-        extra = self.extra_outputs()
         original = self._outputs(input_ids, attention_mask, context)
         scorable = self.scorable(input_ids, attention_mask)
         meta = {
@@ -150,6 +174,6 @@ class AttributionMethod(ABC):
             ids,
             self.word_aggregation,
             meta,
-            per_example={**extra},
+            per_example={k: v.tolist() for k, v in extras.items()},
             original=original,
         )

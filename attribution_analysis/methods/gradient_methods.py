@@ -126,8 +126,10 @@ class SaliencyMethod(EmbeddingMethod):
         special_token_ids: Sequence[int] = (),
         norm: str = "l2",
         seed: int = 0,
+        pad_token_id: int | None = None,
+        mask_token_id: int | None = None,
     ) -> None:
-        super().__init__(model, special_token_ids, seed)
+        super().__init__(model, special_token_ids, seed, pad_token_id, mask_token_id)
         if norm not in SALIENCY_NORMS:
             raise ValueError(f"norm must be one of {SALIENCY_NORMS}, got {norm!r}")
         self.norm = norm
@@ -135,7 +137,7 @@ class SaliencyMethod(EmbeddingMethod):
     def settings(self) -> dict:
         return {"norm": self.norm, "explained": "logit", "input": "word_embeddings"}
 
-    def attribute(self, input_ids, attention_mask, context) -> torch.Tensor:
+    def _attribute(self, input_ids, attention_mask, context) -> torch.Tensor:
         """Scores ``[batch, tokens]`` (0 on padding and special tokens)."""
         words, forward, args = self._inputs(input_ids, attention_mask, context)
         words.requires_grad_(True)
@@ -156,7 +158,7 @@ class InputXGradientMethod(EmbeddingMethod):
     def settings(self) -> dict:
         return {"reduction": "sum", "explained": "logit", "input": "word_embeddings"}
 
-    def attribute(self, input_ids, attention_mask, context) -> torch.Tensor:
+    def _attribute(self, input_ids, attention_mask, context) -> torch.Tensor:
         """Scores ``[batch, tokens]`` (0 on padding and special tokens)."""
         words, forward, args = self._inputs(input_ids, attention_mask, context)
         words.requires_grad_(True)
@@ -172,7 +174,6 @@ __all__ = [
     "SaliencyMethod",
     "baseline_word_embeddings",
     "batch_context",
-    "eval_mode",
     "expand_context",
     "logit_function",
 ]

@@ -9,9 +9,9 @@ The token score is the sum over the hidden dimension.
 Baseline x': the [PAD] (default) or [MASK] word embedding, or zeros, at scorable positions;
 special tokens and padding keep their own embeddings, and positions keep their position
 embeddings. Completeness: ``sum_i IG_i = F(x) - F(x')`` up to the integration error; the error
-``|sum_i IG_i - (F(x) - F(x'))| / |F(x) - F(x')|`` of each example is available after
-:meth:`IntegratedGradientsMethod.attribute` via :meth:`~IntegratedGradientsMethod.extra_outputs`
-(``completeness_error``; nan where ``F(x) = F(x')``).
+``|sum_i IG_i - (F(x) - F(x'))| / |F(x) - F(x')|`` of each example is returned with the scores
+by ``attribute(..., return_extras=True)`` (``completeness_error``; nan where ``F(x) = F(x')``),
+as Captum returns its convergence delta.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class IntegratedGradientsMethod(EmbeddingMethod):
         method: str = "gausslegendre",
         seed: int = 0,
     ) -> None:
-        super().__init__(model, special_token_ids, seed)
+        super().__init__(model, special_token_ids, seed, pad_token_id, mask_token_id)
         if baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
         if baseline != "zero" and {"pad": pad_token_id, "mask": mask_token_id}[baseline] is None:
@@ -82,13 +82,10 @@ class IntegratedGradientsMethod(EmbeddingMethod):
             raise ValueError(f"n_steps must be >= 1, got {n_steps}")
         if method not in IG_METHODS:
             raise ValueError(f"method must be one of {IG_METHODS}, got {method!r}")
-        self.pad_token_id = pad_token_id
-        self.mask_token_id = mask_token_id
         self.baseline = baseline
         self.n_steps = n_steps
         self.internal_batch_size = internal_batch_size
         self.method = method
-        self._extra: dict[str, list] = {}
 
     def settings(self) -> dict:
         return {
@@ -102,11 +99,6 @@ class IntegratedGradientsMethod(EmbeddingMethod):
             "input": "word_embeddings",
         }
 
-    def extra_outputs(self) -> dict[str, list]:
-        """``completeness_error`` (relative) and ``convergence_delta`` (``sum IG - (F(x) -
-        F(x'))``) of each example of the last :meth:`attribute` call."""
-        return dict(self._extra)
-
     def baseline_embeddings(self, input_ids, attention_mask) -> torch.Tensor:
         """The baseline x' ``[batch, tokens, hidden]``."""
         scorable = self.scorable(input_ids, attention_mask)
@@ -114,8 +106,10 @@ class IntegratedGradientsMethod(EmbeddingMethod):
             self.adapter, input_ids, scorable, self.baseline, self.pad_token_id, self.mask_token_id
         )
 
-    def attribute(self, input_ids, attention_mask, context) -> torch.Tensor:
-        """Scores ``[batch, tokens]`` (0 on padding and special tokens)."""
+    def _attribute(self, input_ids, attention_mask, context) -> tuple[torch.Tensor, dict]:
+        """Scores ``[batch, tokens]`` (0 on padding and special tokens) and the extras
+        ``completeness_error`` (relative) and ``convergence_delta`` (``sum IG - (F(x) -
+        F(x'))``), each ``[batch]``, as Captum returns the convergence delta."""
         words, forward, args = self._inputs(input_ids, attention_mask, context)
         base = self.baseline_embeddings(input_ids, attention_mask)
         with self._mode():
@@ -131,11 +125,13 @@ class IntegratedGradientsMethod(EmbeddingMethod):
             with torch.no_grad():
                 difference = forward(words, *args) - forward(base, *args)
         delta = delta.detach().float().cpu()
-        self._extra = {
-            "completeness_error": relative_completeness_error(delta, difference.float().cpu()),
-            "convergence_delta": delta.tolist(),
+        extras = {
+            "completeness_error": torch.tensor(
+                relative_completeness_error(delta, difference.float().cpu())
+            ),
+            "convergence_delta": delta,
         }
-        return attr.detach().sum(-1) * self.scorable(input_ids, attention_mask)
+        return attr.detach().sum(-1) * self.scorable(input_ids, attention_mask), extras
 
 
 __all__ = ["IG_METHODS", "IntegratedGradientsMethod", "relative_completeness_error"]

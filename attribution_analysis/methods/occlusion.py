@@ -42,15 +42,13 @@ class LeaveOneOutMethod(EmbeddingMethod):
         internal_batch_size: int | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__(model, special_token_ids, seed)
+        super().__init__(model, special_token_ids, seed, pad_token_id, mask_token_id)
         if baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
         if baseline != "zero" and {"pad": pad_token_id, "mask": mask_token_id}[baseline] is None:
             raise ValueError(f"baseline {baseline!r} needs {baseline}_token_id")
         if internal_batch_size is not None and internal_batch_size < 1:
             raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
-        self.pad_token_id = pad_token_id
-        self.mask_token_id = mask_token_id
         self.baseline = baseline
         self.internal_batch_size = internal_batch_size
 
@@ -70,7 +68,7 @@ class LeaveOneOutMethod(EmbeddingMethod):
         return max(1, self.internal_batch_size // batch)
 
     @torch.no_grad()
-    def attribute(self, input_ids, attention_mask, context) -> torch.Tensor:
+    def _attribute(self, input_ids, attention_mask, context) -> torch.Tensor:
         """Scores ``[batch, tokens]`` (0 on padding and special tokens)."""
         scorable = self.scorable(input_ids, attention_mask)
         words, forward, args = self._inputs(input_ids, attention_mask, context)

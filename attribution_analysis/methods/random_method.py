@@ -21,8 +21,15 @@ class RandomMethod(AttributionMethod):
     name = "random"
     word_aggregation = "sum"
 
-    def __init__(self, model, special_token_ids: Sequence[int] = (), seed: int = 0) -> None:
-        super().__init__(model, special_token_ids, seed)
+    def __init__(
+        self,
+        model,
+        special_token_ids: Sequence[int] = (),
+        seed: int = 0,
+        pad_token_id: int | None = None,
+        mask_token_id: int | None = None,
+    ) -> None:
+        super().__init__(model, special_token_ids, seed, pad_token_id, mask_token_id)
         self.reset()
 
     def reset(self) -> None:
@@ -32,7 +39,7 @@ class RandomMethod(AttributionMethod):
     def settings(self) -> dict:
         return {"distribution": "uniform[0, 1)", "generator": "torch cpu"}
 
-    def attribute(self, input_ids, attention_mask, context) -> torch.Tensor:
+    def _attribute(self, input_ids, attention_mask, context) -> torch.Tensor:
         """Scores ``[batch, tokens]`` (0 on padding and special tokens)."""
         scores = torch.rand(input_ids.shape, generator=self.generator)
         return scores.to(input_ids.device) * self.scorable(input_ids, attention_mask)

@@ -11,14 +11,18 @@ from attribution_analysis.methods.occlusion import LeaveOneOutMethod
 from attribution_analysis.methods.random_method import RandomMethod
 
 METHODS: dict[str, type[AttributionMethod]] = {
-    "diffmask": DiffMaskMethod,
-    "ig": IntegratedGradientsMethod,
-    "saliency": SaliencyMethod,
-    "input_x_gradient": InputXGradientMethod,
-    "attention": AttentionMethod,
-    "leave_one_out": LeaveOneOutMethod,
-    "random": RandomMethod,
+    cls.name: cls
+    for cls in (
+        DiffMaskMethod,
+        IntegratedGradientsMethod,
+        SaliencyMethod,
+        InputXGradientMethod,
+        AttentionMethod,
+        LeaveOneOutMethod,
+        RandomMethod,
+    )
 }
+"""Every method under its class's ``name`` (one name per method)."""
 
 
 def _check_name(name: str) -> str:

@@ -4,12 +4,14 @@ The report is one self-contained file: inline CSS and JavaScript, plots embedded
 data URIs, and no network references. All text that comes from data (titles, words, ids,
 settings, table cells) is HTML-escaped; sample data reaches the small filter/sort script only
 through escaped ``data-*`` attributes, never as script text. A Content-Security-Policy meta tag
-allows nothing but the report's own inline script and style and ``data:`` images.
+allows no script but the report's own (by its SHA-256 hash), inline styles and ``data:`` images.
+The stylesheet and the script are package resources (``reporting/assets/``), inlined on writing.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import math
@@ -17,6 +19,7 @@ import numbers
 import os
 import string
 from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +27,28 @@ from attribution_analysis.evaluation.word_statistics import TOP_WORD_FIELDS
 from attribution_analysis.utils.io import atomic_write_text
 from attribution_analysis.utils.numbers import finite_float
 
+
+def _asset(name: str) -> str:
+    """The text of ``reporting/assets/<name>`` (a package resource)."""
+    return (
+        resources.files("attribution_analysis.reporting")
+        .joinpath("assets", name)
+        .read_text(encoding="utf-8")
+    )
+
+
+def _script_hash(script: str) -> str:
+    """The CSP source ``'sha256-<base64>'`` of an inline script's exact text."""
+    digest = hashlib.sha256(script.encode("utf-8")).digest()
+    return f"'sha256-{base64.b64encode(digest).decode('ascii')}'"
+
+
 CSP = (
     "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
-    "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+    f"script-src {_script_hash(_asset('report.js'))}; base-uri 'none'; form-action 'none'"
 )
+"""Only the report's own script may run (allowed by its hash); styles may be inline (heat-map
+colours are style attributes), which cannot run code."""
 
 #: RGB end points of the colour scale: positive scores shade red, negative ones blue.
 POSITIVE_RGB: tuple[int, int, int] = (202, 0, 32)
@@ -400,123 +421,9 @@ def _samples_section(samples: Sequence[Mapping[str, Any]], score_scale: str) -> 
 # Page
 # ---------------------------------------------------------------------------------------------
 
-_CSS = """
-:root{--fg:#1a1a1a;--muted:#5f6368;--line:#dadce0;--bg:#f6f7f9;--card:#fff;--accent:#1a56a8}
-*{box-sizing:border-box}
-body{margin:0;background:var(--bg);color:var(--fg);
- font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
-main{max-width:1200px;margin:0 auto;padding:24px 20px 60px}
-h1{font-size:1.6rem;margin:0 0 4px}
-h2{font-size:1.2rem;margin:0 0 12px;padding-bottom:6px;border-bottom:1px solid var(--line)}
-h4{margin:0 0 6px;font-size:.85rem;text-transform:uppercase;letter-spacing:.04em;
- color:var(--muted)}
-nav{margin:6px 0 18px;font-size:.9rem}
-nav a{color:var(--accent);margin-right:14px;text-decoration:none}
-section{background:var(--card);border:1px solid var(--line);border-radius:8px;
- padding:16px 18px;margin:0 0 18px}
-.muted{color:var(--muted)}
-.header-grid{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:18px}
-table{border-collapse:collapse;width:100%;font-size:.9rem}
-th,td{text-align:left;padding:5px 10px;border-bottom:1px solid var(--line);
- vertical-align:top;overflow-wrap:anywhere}
-thead th{position:sticky;top:0;background:#eef1f5;font-weight:600}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-table.kv th{width:40%;font-weight:600;color:var(--muted)}
-.table-scroll{max-height:30rem;overflow:auto;border:1px solid var(--line);border-radius:6px}
-.table-scroll table td,.table-scroll table th{border-bottom:1px solid #eceef1}
-.metrics{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px}
-.metric{border:1px solid var(--line);border-radius:6px;padding:8px 10px;background:#fbfcfd}
-.metric-value{font-size:1.25rem;font-weight:600;font-variant-numeric:tabular-nums;
- overflow-wrap:anywhere}
-.metric-name{font-size:.8rem;color:var(--muted);overflow-wrap:anywhere}
-.figures{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:14px}
-figure{margin:0;text-align:center}
-figure img{max-width:100%;height:auto;border:1px solid var(--line);border-radius:4px}
-figcaption{font-size:.85rem;color:var(--muted)}
-.spaced{margin-top:14px}
-.controls{display:flex;flex-wrap:wrap;gap:14px;align-items:center;margin-bottom:6px}
-.controls input{width:22rem;max-width:100%}
-.controls input,.controls select{font:inherit;padding:4px 8px;border:1px solid var(--line);
- border-radius:5px;margin-left:4px}
-.legend{font-size:.85rem;margin:4px 0 12px}
-.rule{font-size:.88rem;margin:0 0 8px}
-.swatch{display:inline-block;width:.9em;height:.9em;vertical-align:-1px;border-radius:2px}
-.swatch.pos{background:rgb(202,0,32)}
-.swatch.neg{background:rgb(5,113,176)}
-.gold-demo,.w.gold{text-decoration:underline;text-decoration-thickness:3px;
- text-underline-offset:4px;text-decoration-color:#e3a008}
-.sample{display:grid;grid-template-columns:minmax(0,2fr) minmax(0,1fr);gap:18px;
- border:1px solid var(--line);border-radius:8px;padding:12px 14px;margin:0 0 12px;
- background:var(--card)}
-.sample[hidden]{display:none}
-.ids{font-size:.82rem;color:var(--muted);margin-bottom:6px}
-.ids code{font-size:.82rem;color:var(--fg)}
-.badge{display:inline-block;background:#e8eefb;color:var(--accent);border-radius:10px;
- padding:0 8px;font-weight:600}
-.heat{margin:4px 0;line-height:2.1}
-.title-heat{font-size:1.15rem}
-.w{padding:2px 4px;border-radius:3px;white-space:pre-wrap}
-.tokens{font-size:.85rem;font-family:ui-monospace,"DejaVu Sans Mono",monospace}
-.scale-note{font-size:.78rem;margin:0 0 6px}
-.orig-title{margin:0 0 4px;font-size:.9rem}
-.gold-line{font-size:.88rem;margin:0 0 6px}
-.gold-key{font-weight:600;color:#8a5a00}
-.probs{display:grid;gap:3px;max-width:30rem;font-size:.88rem;margin:4px 0 6px}
-.prob{display:grid;grid-template-columns:9.5rem 1fr 5rem;align-items:center;gap:8px}
-.prob-value{text-align:right;font-variant-numeric:tabular-nums}
-.bar{height:8px;background:#eceef1;border-radius:4px;overflow:hidden}
-.bar span{display:block;height:100%;background:var(--accent)}
-details summary{cursor:pointer;font-size:.85rem;color:var(--muted)}
-.history{border-left:1px solid var(--line);padding-left:14px;font-size:.88rem}
-.history ol{margin:0;padding-left:1.3em;max-height:14rem;overflow:auto}
-.history li{margin-bottom:2px}
-@media (max-width:800px){.header-grid,.sample{grid-template-columns:minmax(0,1fr)}
- .history{border-left:0;padding-left:0}}
-"""
 
-_JS = """
-(function () {
-  "use strict";
-  var list = document.getElementById("samples-list");
-  var filter = document.getElementById("sample-filter");
-  var sortKey = document.getElementById("sample-sort");
-  var sortDir = document.getElementById("sample-dir");
-  var count = document.getElementById("sample-count");
-  if (!list || !filter || !sortKey || !sortDir || !count) { return; }
-  var cards = Array.prototype.slice.call(list.querySelectorAll("article.sample"));
-  function num(card, key) {
-    var value = parseFloat(card.getAttribute("data-" + key));
-    return isFinite(value) ? value : null;
-  }
-  function applyFilter() {
-    var terms = filter.value.toLowerCase().split(/\\s+/).filter(Boolean);
-    var shown = 0;
-    cards.forEach(function (card) {
-      var text = card.getAttribute("data-search") || "";
-      var match = terms.every(function (term) { return text.indexOf(term) !== -1; });
-      card.hidden = !match;
-      if (match) { shown += 1; }
-    });
-    count.textContent = "showing " + shown + " of " + cards.length + " samples";
-  }
-  function compare(a, b) {
-    var key = sortKey.value;
-    var order = num(a, "index") - num(b, "index");
-    if (key === "index") { return order; }
-    var x = num(a, key), y = num(b, key);
-    if (x === null || y === null) { return x === y ? order : (x === null ? 1 : -1); }
-    if (x !== y) { return (sortDir.value === "asc" ? 1 : -1) * (x - y); }
-    return order;
-  }
-  function applySort() {
-    cards.slice().sort(compare).forEach(function (card) { list.appendChild(card); });
-  }
-  filter.addEventListener("input", applyFilter);
-  sortKey.addEventListener("change", applySort);
-  sortDir.addEventListener("change", applySort);
-  applyFilter();
-})();
-"""
+_JS = _asset("report.js")
+_CSS = _asset("report.css")
 
 
 def _nav(has_comparison: bool) -> str:

@@ -15,6 +15,9 @@ where ``spread`` is max - min. The absolute tolerance on lambda lets a multiplie
 near 0 (a slack constraint: every example is inside the margin without pressure) count as level.
 A multiplier pinned at its cap ``lambda_max`` is never "level": the constraint could not be met
 with the largest pressure allowed (e.g. every gate closed and unable to reopen).
+
+The tolerances are a :class:`~attribution_analysis.config.ConvergenceRule` (the
+``diffmask.training.convergence`` config section; re-exported here).
 """
 
 from __future__ import annotations
@@ -22,48 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
-
-@dataclass(frozen=True)
-class ConvergenceRule:
-    """Tolerances of the stopping rule (defaults are the library's).
-
-    Attributes:
-        window: epochs over which both quantities must be level (needs ``window + 1`` epochs).
-        lambda_rtol: relative tolerance on the spread of the epoch-mean lambda.
-        lambda_atol: absolute tolerance on that spread.
-        l0_atol: absolute tolerance on the spread of the validation L0 (share of kept tokens).
-        min_epochs: never stop before this many epochs.
-    """
-
-    window: int = 3
-    lambda_rtol: float = 0.1
-    lambda_atol: float = 1.0
-    l0_atol: float = 0.01
-    min_epochs: int = 4
-
-    def __post_init__(self) -> None:
-        if self.window < 1:
-            raise ValueError(f"window must be >= 1, got {self.window}")
-        for name in ("lambda_rtol", "lambda_atol", "l0_atol"):
-            value = getattr(self, name)
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if self.min_epochs < 1:
-            raise ValueError(f"min_epochs must be >= 1, got {self.min_epochs}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_config(cls, config) -> ConvergenceRule:
-        """The rule of a ``DiffMaskConfig`` (its ``convergence_*`` keys)."""
-        return cls(
-            window=config.convergence_window,
-            lambda_rtol=config.convergence_lambda_rtol,
-            lambda_atol=config.convergence_lambda_atol,
-            l0_atol=config.convergence_l0_atol,
-            min_epochs=config.convergence_min_epochs,
-        )
+from attribution_analysis.config import ConvergenceRule
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from attribution_analysis.config import DiffMaskConfig, GateConfig, ObjectiveConfig, ProbeConfig
 from attribution_analysis.methods.base import build_results, scorable_mask
 from attribution_analysis.methods.diffmask.probe_network import (
     ProbeNetwork,
@@ -45,6 +46,9 @@ from attribution_analysis.methods.explained_model import (
 )
 from attribution_analysis.methods.result import AttributionResult, library_versions
 from attribution_analysis.utils.modes import eval_mode
+
+_PROBE, _GATES, _OBJECTIVE = ProbeConfig(), GateConfig(), ObjectiveConfig()
+"""The config sections whose fields are the constructor's defaults (one source of truth)."""
 
 PROBE_TYPES = ("simple", "layerwise")
 NON_CONSTRUCTOR_SETTINGS = ("explained_model", "baseline_used")
@@ -86,60 +90,42 @@ class DIFFMASK(nn.Module):
         model: an NRMS recommender, a ``transformers`` sequence classifier, or an
             :class:`~attribution_analysis.methods.explained_model.ExplainedModel`.
         hidden_dim: the explained model's hidden size (checked; inferred when ``None``).
-        num_probe_layers: probes of the layer vote (``layerwise``); default all layers + 1.
-        probe_type: ``layerwise`` (probe k reads ``[h(0); h(k)]``, gates multiplied) or
-            ``simple`` (one probe on one hidden state).
-        constraint_margin: the divergence margin ``m``.
-        temperature, stretch: Hard Concrete temperature and stretch (gamma=-s, zeta=1+s).
-        divergence: adapter divergence name (default the adapter's, e.g. ``bernoulli_kl``).
-        baseline_init: ``mask`` (the [MASK] word embedding when ``mask_token_id`` is known,
-            zeros otherwise), ``zeros`` or ``pad``.
-        learn_baseline: train the baseline vector (else fixed at its initial value).
-        readout: how :meth:`get_attributions` turns gates into scores (see module docstring).
-        mask_layer: 0 masks word embeddings; ``l >= 1`` masks layer l's hidden state (probes then
-            read layers ``<= l`` only).
-        probe_layer: hidden state read by the ``simple`` probe (default: the last layer for input
-            masking, ``mask_layer`` for hidden-state masking).
         special_token_ids: ids never masked nor scored (e.g. [CLS], [SEP]).
         mask_token_id, pad_token_id: used to initialise the baseline.
-        lambda_init, lambda_max: the Lagrange multiplier's start and upper clamp.
-        probe_hidden_dim: width of each probe's hidden layer (default half the probe's input:
-            ``hidden_dim`` for the layer vote, whose probes read ``[h(0); h(k)]``, and
-            ``hidden_dim // 2`` for the simple probe).
-        probe_init_bias: the probes' initial logit; at 5 (the original) every gate starts open
-            with P(z != 0) ~ 0.999, at 3 gates still start open (P ~ 0.99) and learn faster.
-        constraint: ``per_example`` (default) or ``mean`` (see :meth:`lagrangian`).
-        within_margin_goal: share of examples the ``per_example`` dual aims to keep within the
-            margin (set above the selection target of ``train_diffmask`` to leave slack for
-            unseen examples).
+        Every other keyword is a field of one of the config sections
+        :class:`~attribution_analysis.config.ProbeConfig`,
+        :class:`~attribution_analysis.config.GateConfig` and
+        :class:`~attribution_analysis.config.ObjectiveConfig`, which document it and hold its
+        default (:meth:`from_config` builds a DIFFMASK from a ``DiffMaskConfig``).
     """
 
     def __init__(
         self,
         model: nn.Module | ExplainedModel,
         hidden_dim: int | None = None,
-        num_probe_layers: int | None = None,
-        probe_type: str = "layerwise",
-        constraint_margin: float = 0.1,
-        temperature: float = 2 / 3,
-        stretch: float = 0.1,
-        divergence: str | None = None,
-        baseline_init: str = "mask",
-        learn_baseline: bool = True,
-        readout: str = "keep_probability",
-        mask_layer: int = 0,
-        probe_layer: int | None = None,
+        num_probe_layers: int | None = _PROBE.num_probe_layers,
+        probe_type: str = _PROBE.probe_type,
+        constraint_margin: float = _OBJECTIVE.constraint_margin,
+        temperature: float = _GATES.temperature,
+        stretch: float = _GATES.stretch,
+        divergence: str | None = _OBJECTIVE.divergence,
+        baseline_init: str = _GATES.baseline_init,
+        learn_baseline: bool = _GATES.learn_baseline,
+        readout: str = _GATES.readout,
+        mask_layer: int = _GATES.mask_layer,
+        probe_layer: int | None = _PROBE.probe_layer,
         special_token_ids: Sequence[int] = (),
         mask_token_id: int | None = None,
         pad_token_id: int | None = None,
-        lambda_init: float = 1.0,
-        lambda_max: float = 200.0,
-        probe_hidden_dim: int | None = None,
-        probe_init_bias: float = 3.0,
-        constraint: str = "per_example",
-        within_margin_goal: float = 0.97,
-        sparsity_loss: str = "l0",
-        logit_decay: float = 1e-3,
+        lambda_init: float = _OBJECTIVE.lambda_init,
+        lambda_max: float = _OBJECTIVE.lambda_max,
+        probe_hidden_dim: int | None = _PROBE.probe_hidden_dim,
+        probe_init_bias: float = _PROBE.probe_init_bias,
+        constraint: str = _OBJECTIVE.constraint,
+        within_margin_goal: float = _OBJECTIVE.within_margin_goal,
+        sparsity_loss: str = _OBJECTIVE.sparsity_loss,
+        logit_decay: float = _OBJECTIVE.logit_decay,
+        delivered_check_examples: int | None = _OBJECTIVE.delivered_check_examples,
     ) -> None:
         super().__init__()
         adapter = make_adapter(model)
@@ -160,6 +146,10 @@ class DIFFMASK(nn.Module):
             )
         if not (logit_decay >= 0 and math.isfinite(logit_decay)):
             raise ValueError(f"logit_decay must be a finite number >= 0, got {logit_decay}")
+        if delivered_check_examples is not None and delivered_check_examples < 1:
+            raise ValueError(
+                f"delivered_check_examples must be >= 1 or None, got {delivered_check_examples}"
+            )
         if not 0 < within_margin_goal <= 1:
             raise ValueError(f"within_margin_goal must be in (0, 1], got {within_margin_goal}")
         if not (constraint_margin > 0 and math.isfinite(constraint_margin)):
@@ -190,6 +180,7 @@ class DIFFMASK(nn.Module):
             "within_margin_goal": float(within_margin_goal),
             "sparsity_loss": sparsity_loss,
             "logit_decay": float(logit_decay),
+            "delivered_check_examples": delivered_check_examples,
             "explained_model": adapter.name,
         }
         self.gates = StochasticGates(temperature=temperature, stretch=stretch)
@@ -302,10 +293,9 @@ class DIFFMASK(nn.Module):
         l0 = (probe.log_prob_nonzero.exp() * scorable).sum(-1) / n_tokens
         delivered = None
         if self.training and self.settings["constraint"] == "per_example":
-            with torch.no_grad():  # the explanation delivered: deterministic gates
-                gates = self._deterministic_gates(probe.log_alpha, scorable)
-                out = self._masked_forward(words, attention_mask, context, gates).output
-                delivered = adapter.divergence(original.output, out, context, kind) <= self.margin
+            delivered = self._delivered_within_margin(
+                words, attention_mask, context, probe.log_alpha, scorable, original.output
+            )
         return DiffMaskStep(
             l0=l0,
             divergence=div,
@@ -318,6 +308,25 @@ class DIFFMASK(nn.Module):
             scorable=scorable,
             delivered_within_margin=delivered,
         )
+
+    @torch.no_grad()
+    def _delivered_within_margin(self, words, attention_mask, context, log_alpha, scorable, orig):
+        """Whether the explanation delivered (deterministic gates) keeps each of the first
+        ``delivered_check_examples`` examples within the margin, ``[checked]`` bool. The batch
+        is shuffled, so these are a random subset: the share outside the margin that drives
+        lambda is estimated without bias at a fraction of a forward pass."""
+        n = self.settings["delivered_check_examples"] or len(words)
+        n = min(n, len(words))
+        batch = len(words)
+
+        def first(x):
+            return x[:n] if isinstance(x, torch.Tensor) and x.dim() and len(x) == batch else x
+
+        log_alpha = log_alpha if log_alpha.dim() == 3 else log_alpha[None]
+        gates = self._deterministic_gates(log_alpha[:, :n], scorable[:n])
+        ctx = {k: first(v) for k, v in context.items()}
+        out = self._masked_forward(words[:n], attention_mask[:n], ctx, gates).output
+        return self.adapter.divergence(orig[:n], out, ctx, self.divergence_kind) <= self.margin
 
     @torch.no_grad()
     def original_pass(
@@ -469,6 +478,25 @@ class DIFFMASK(nn.Module):
             if history_mask is not None:
                 ctx["history_mask"] = history_mask
         return ctx
+
+    @classmethod
+    def from_config(
+        cls,
+        model: nn.Module | ExplainedModel,
+        config: DiffMaskConfig | None = None,
+        tokenizer=None,
+    ) -> DIFFMASK:
+        """A DIFFMASK with the probe, gate and objective sections of ``config`` (the library
+        defaults when ``None``); ``tokenizer`` (a ``transformers`` tokenizer) supplies the
+        special, [MASK] and padding token ids."""
+        kwargs = (config or DiffMaskConfig()).constructor_kwargs()
+        if tokenizer is not None:
+            kwargs.update(
+                special_token_ids=tokenizer.all_special_ids,
+                mask_token_id=tokenizer.mask_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        return cls(model, **kwargs)
 
     @staticmethod
     def constructor_settings(settings: dict) -> dict:

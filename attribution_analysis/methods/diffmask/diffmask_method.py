@@ -3,6 +3,7 @@ AttributionMethod` interface, so it is evaluated exactly like the baselines."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -24,8 +25,10 @@ class DiffMaskMethod(AttributionMethod):
         diffmask: a trained DIFFMASK; alternatively ``checkpoint``, a checkpoint path loaded with
             ``load_diffmask_checkpoint`` (which checks it was made for ``model``).
         readout: overrides ``diffmask.settings["readout"]``.
+        special_token_ids, pad_token_id, mask_token_id: the token ids every method takes; the
+            DIFFMASK holds its own, and ids given here must agree with them.
 
-    Special tokens come from the DIFFMASK settings; words take the max of their pieces.
+    Words take the max of their pieces.
     """
 
     name = "diffmask"
@@ -38,9 +41,21 @@ class DiffMaskMethod(AttributionMethod):
         checkpoint: str | Path | None = None,
         readout: str | None = None,
         seed: int = 0,
+        special_token_ids: Sequence[int] | None = None,
+        pad_token_id: int | None = None,
+        mask_token_id: int | None = None,
     ) -> None:
         diffmask = self._resolve(model, diffmask, checkpoint)
-        super().__init__(diffmask.adapter, diffmask.settings["special_token_ids"], seed)
+        s = diffmask.settings
+        _check_same_ids(
+            s,
+            special_token_ids=None if special_token_ids is None else sorted(special_token_ids),
+            pad_token_id=pad_token_id,
+            mask_token_id=mask_token_id,
+        )
+        super().__init__(
+            diffmask.adapter, s["special_token_ids"], seed, s["pad_token_id"], s["mask_token_id"]
+        )
         if readout is not None and readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         self.diffmask = diffmask
@@ -66,13 +81,24 @@ class DiffMaskMethod(AttributionMethod):
         }
 
     @torch.no_grad()
-    def attribute(self, input_ids, attention_mask, context) -> torch.Tensor:
+    def _attribute(self, input_ids, attention_mask, context) -> torch.Tensor:
         """Scores ``[batch, tokens]`` (0 on padding and special tokens)."""
         with eval_mode(self.diffmask, self.adapter.model):
             scores = self.diffmask.get_attributions(
                 input_ids, attention_mask, readout=self.readout, **context
             )
         return scores * self.scorable(input_ids, attention_mask)
+
+
+def _check_same_ids(settings: dict, **given) -> None:
+    """Token ids given to the method must be the ones the DIFFMASK was built with."""
+    for key, value in given.items():
+        own = settings.get(key)
+        if value is not None and own is not None and value != own:
+            raise ValueError(
+                f"{key}={value} differs from the DIFFMASK's ({own}); it was built "
+                "for another tokenizer"
+            )
 
 
 __all__ = ["DiffMaskMethod"]

@@ -18,6 +18,7 @@ epoch whose validation share of examples within the margin reaches ``target_with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterable
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from attribution_analysis.config import DiffMaskTrainingConfig
 from attribution_analysis.data.batches import INDEX_KEY, split_batch
 from attribution_analysis.methods.diffmask.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -49,8 +51,6 @@ from attribution_analysis.methods.diffmask.original_cache import OriginalPassCac
 from attribution_analysis.utils.devices import make_accelerator, seed_everything
 from attribution_analysis.utils.io import atomic_torch_save, atomic_write, timestamped_dir
 from attribution_analysis.utils.modes import eval_mode, frozen
-
-DEFAULT_CONVERGENCE = ConvergenceRule()
 
 
 class TrainingDiverged(RuntimeError):
@@ -88,6 +88,18 @@ class TrainingHistory:
 
 
 # ---------------------------------------------------------------------- training
+def training_settings(config: DiffMaskTrainingConfig | None = None, **overrides):
+    """``config`` (default: the library's) with single fields replaced by ``overrides``."""
+    config = config or DiffMaskTrainingConfig()
+    valid = [f.name for f in dataclasses.fields(DiffMaskTrainingConfig)]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise TypeError(
+            f"unknown DIFFMASK training setting(s) {', '.join(unknown)}; valid: {', '.join(valid)}"
+        )
+    return dataclasses.replace(config, **overrides)
+
+
 def _optimizers(diffmask: DIFFMASK, lr_probe: float, lr_baseline: float, lr_lambda: float):
     opts = {
         "probe": torch.optim.Adam(diffmask.probe.parameters(), lr=lr_probe),
@@ -191,28 +203,27 @@ def _restore(diffmask, optimizers, scheduler, gen, blob, ckpt_dir: Path) -> Trai
 def train_diffmask(
     diffmask: DIFFMASK,
     train_loader: Iterable,
-    n_epochs: int = 30,
-    lr_probe: float = 1e-3,
-    lr_baseline: float = 1e-3,
-    lr_lambda: float = 0.5,
-    device: str = "cpu",
+    config: DiffMaskTrainingConfig | None = None,
+    *,
     val_loader: Iterable | None = None,
     output_dir: str | Path | None = None,
-    warmup_steps: int = 0,
-    grad_clip: float = 1.0,
-    target_within_margin: float = 0.95,
+    device: str = "cpu",
+    mixed_precision: str = "no",
     seed: int = 0,
     resume: bool = True,
-    mixed_precision: str = "no",
     quiet: bool = False,
     save_checkpoints: bool = True,
-    convergence: ConvergenceRule | None = DEFAULT_CONVERGENCE,
-    cache_original_pass: bool = True,
+    **overrides,
 ) -> TrainingHistory:
     """Train ``diffmask`` on batches from ``train_loader`` (dicts with ``input_ids``,
     ``attention_mask`` and context tensors such as ``history_emb``).
 
-    Training stops when ``convergence`` finds lambda and the validation L0 level (see
+    ``config`` holds the training settings (a
+    :class:`~attribution_analysis.config.DiffMaskTrainingConfig`, which documents each one; the
+    library defaults when ``None``); keyword ``overrides`` replace single fields, e.g.
+    ``n_epochs=10`` or ``convergence=None``.
+
+    Training stops when ``config.convergence`` finds lambda and the validation L0 level (see
     :mod:`.convergence`), or at the cap of ``n_epochs`` epochs, in which case the run says so
     and ``history.converged`` is False. ``convergence=None`` always runs ``n_epochs`` epochs.
 
@@ -224,6 +235,9 @@ def train_diffmask(
     ``resume`` is true; the result equals an uninterrupted run (seeded, CPU). Returns the
     :class:`TrainingHistory`; ``diffmask`` ends in eval mode holding the selected checkpoint.
     """
+    t = training_settings(config, **overrides)
+    n_epochs, convergence = t.n_epochs, t.convergence
+    target_within_margin, warmup_steps = t.target_within_margin, t.warmup_steps
     seed_everything(seed)
     accelerator = make_accelerator(device, mixed_precision)
     device_t = accelerator.device
@@ -232,7 +246,7 @@ def train_diffmask(
     model = diffmask.adapter.model
     diffmask.to(device_t)
     model.to(device_t)
-    optimizers = _optimizers(diffmask, lr_probe, lr_baseline, lr_lambda)
+    optimizers = _optimizers(diffmask, t.lr_probe, t.lr_baseline, t.lr_lambda)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizers["probe"], lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0
     )
@@ -259,8 +273,8 @@ def train_diffmask(
         status = check_convergence(history.epochs, convergence, lambda_max)
         history.convergence = {**status.to_dict(), "rule": convergence.to_dict()}
     done = history.converged
-    train_cache = OriginalPassCache() if cache_original_pass else None
-    val_cache = OriginalPassCache() if cache_original_pass else None
+    train_cache = OriginalPassCache() if t.cache_original_pass else None
+    val_cache = OriginalPassCache() if t.cache_original_pass else None
     with frozen(model):
         for epoch in range(start + 1, n_epochs + 1):
             if done:
@@ -277,7 +291,7 @@ def train_diffmask(
                         device_t,
                         optimizers,
                         scheduler,
-                        grad_clip,
+                        t.grad_clip,
                         gen,
                         accelerator,
                         train_cache,
