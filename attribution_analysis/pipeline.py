@@ -81,8 +81,7 @@ def ensure_recommender(config: AttributionConfig, rec: RecommenderConfig, quiet:
             f"recommender checkpoint not found: {path}; to train it here, name a folder "
             "ending in /best"
         )
-    if not quiet:
-        print(f"[recommender] {path} not found: training the recommender first")
+    print(f"[recommender] {path} not found: training the recommender first")  # even if quiet
     train_recommender(rec, run_dir=path.parent, quiet=quiet)
     return path
 

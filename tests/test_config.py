@@ -227,3 +227,10 @@ def test_diffmask_set_finds_the_section() -> None:
     assert config.training.lr_probe == 0.5 and config.probe.probe_type == "simple"
     with pytest.raises(ConfigError, match="no DIFFMASK setting"):
         config.set("bogus", 1)
+
+
+def test_train_diffmask_refuses_a_positional_epoch_count() -> None:
+    from attribution_analysis.methods.diffmask.train_diffmask import training_settings
+
+    with pytest.raises(TypeError, match="by keyword"):
+        training_settings(10)

@@ -174,7 +174,7 @@ class PositionMethod(AttributionMethod):
 
     name = "position"
 
-    def attribute(self, input_ids, attention_mask, context):
+    def _attribute(self, input_ids, attention_mask, context):
         positions = torch.arange(input_ids.shape[1], dtype=torch.float)
         return positions.expand(input_ids.shape) * self.scorable(input_ids, attention_mask)
 

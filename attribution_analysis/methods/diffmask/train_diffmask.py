@@ -90,7 +90,12 @@ class TrainingHistory:
 # ---------------------------------------------------------------------- training
 def training_settings(config: DiffMaskTrainingConfig | None = None, **overrides):
     """``config`` (default: the library's) with single fields replaced by ``overrides``."""
-    config = config or DiffMaskTrainingConfig()
+    config = DiffMaskTrainingConfig() if config is None else config
+    if not isinstance(config, DiffMaskTrainingConfig):
+        raise TypeError(
+            "train_diffmask's third argument is a DiffMaskTrainingConfig, got "
+            f"{config!r}; pass single settings by keyword (e.g. n_epochs=10)"
+        )
     valid = [f.name for f in dataclasses.fields(DiffMaskTrainingConfig)]
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
