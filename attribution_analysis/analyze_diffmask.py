@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a file: make the package importable, not
 
 import argparse  # noqa: E402
 
-from attribution_analysis.cli_utils import run_cli  # noqa: E402
+from attribution_analysis.app.cli import run_cli  # noqa: E402
 from attribution_analysis.config import (  # noqa: E402
     AttributionConfig,
     ConfigError,
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def go() -> None:
-        from attribution_analysis.analysis import run_analysis
+        from attribution_analysis.app.analysis import run_analysis
 
         if args.skip_training and not args.checkpoint:
             raise ConfigError("--skip_training needs --checkpoint")

@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attribution_analysis.cli_utils import run_cli
-from attribution_analysis.comparison import run_comparison
+from attribution_analysis.app.cli import run_cli
+from attribution_analysis.app.comparison import run_comparison
+from attribution_analysis.app.workspace import open_workspace
 from attribution_analysis.config import AttributionConfig, load_config, resolve_path, to_dict
 from attribution_analysis.evaluation.removal import OPERATIONS
 from attribution_analysis.methods.diffmask.train_diffmask import load_diffmask_checkpoint
 from attribution_analysis.methods.registry import parse_method_list
-from attribution_analysis.pipeline import open_workspace
 from attribution_analysis.utils.devices import seed_everything
 from attribution_analysis.utils.io import atomic_write_json, timestamped_dir
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def go() -> None:
-        from attribution_analysis.analysis import train_for_workspace
+        from attribution_analysis.app.analysis import train_for_workspace
 
         config = load_config(AttributionConfig, args.config)
         for key in ("n_samples", "ig_steps", "output_dir", "seed"):

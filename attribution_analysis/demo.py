@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 
-from attribution_analysis.cli_utils import run_cli
+from attribution_analysis.app.cli import run_cli
 from attribution_analysis.config import AttributionConfig, load_config
 
 
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def go() -> None:
-        from attribution_analysis.analysis import run_analysis
+        from attribution_analysis.app.analysis import run_analysis
 
         t0 = time.perf_counter()
         config = load_config(AttributionConfig, args.config)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attribution_analysis.cli_utils import run_cli
+from attribution_analysis.app.cli import run_cli
 from attribution_analysis.config import RecommenderConfig, load_config
 from attribution_analysis.data.loading import load_mind_data
 from attribution_analysis.models.pretrained import load_tokenizer

@@ -54,9 +54,10 @@ from pathlib import Path
 
 import torch
 
-from attribution_analysis.analysis import _train, evaluate_records
-from attribution_analysis.cli_utils import run_cli
-from attribution_analysis.comparison import build_methods, gold_lookup
+from attribution_analysis.app.analysis import _train, evaluate_records
+from attribution_analysis.app.cli import run_cli
+from attribution_analysis.app.comparison import build_methods, gold_lookup
+from attribution_analysis.app.workspace import open_workspace, split_examples
 from attribution_analysis.config import AttributionConfig, load_config, resolve_path, to_dict
 from attribution_analysis.evaluation.compare import (
     MethodEvaluation,
@@ -66,7 +67,6 @@ from attribution_analysis.evaluation.compare import (
 from attribution_analysis.evaluation.removal import OPERATIONS
 from attribution_analysis.methods.diffmask.train_diffmask import extract_attributions_diffmask
 from attribution_analysis.methods.registry import parse_method_list
-from attribution_analysis.pipeline import open_workspace, split_examples
 from attribution_analysis.utils.devices import make_accelerator, seed_everything
 from attribution_analysis.utils.io import atomic_write_text
 

@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from attribution_analysis import comparison
-from attribution_analysis.analysis import train_for_workspace
-from attribution_analysis.comparison import SANITY_DIR, SANITY_LAYERS, build_methods, sanity_rows
+from attribution_analysis.app.analysis import train_for_workspace
+from attribution_analysis.app.comparison import (
+    SANITY_DIR,
+    SANITY_LAYERS,
+    build_methods,
+    sanity_rows,
+)
+from attribution_analysis.app.workspace import Workspace, split_examples
 from attribution_analysis.config import (
     AttributionConfig,
     DiffMaskConfig,
@@ -29,7 +35,6 @@ from attribution_analysis.evaluation.sanity import (
 from attribution_analysis.methods.diffmask.train_diffmask import rebind_diffmask
 from attribution_analysis.models.inference import encode_news_table
 from attribution_analysis.models.serialization import build_nrms
-from attribution_analysis.pipeline import Workspace, split_examples
 from tests.helpers_foundation import data_config, make_corpus, tiny_config, tiny_tokenizer
 
 SMALL_CORPUS = SyntheticConfig(

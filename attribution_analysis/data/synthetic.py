@@ -23,6 +23,7 @@ import datetime as dt
 import json
 import random
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,110 +38,26 @@ __all__ = [
     "main",
 ]
 
+VOCABULARY_FILE = "synthetic_vocabulary.json"
+"""The corpus's word lists, a data file beside this module (a package resource)."""
+
+
+def _vocabulary() -> dict[str, Any]:
+    text = (
+        resources.files("attribution_analysis.data")
+        .joinpath(VOCABULARY_FILE)
+        .read_text(encoding="utf-8")
+    )
+    return json.loads(text)
+
+
 #: Topic name -> keywords. Keywords are lowercase, unique across topics, absent from the filler
 #: pool, and single pieces of the BERT uncased WordPiece vocabulary.
-TOPICS: dict[str, list[str]] = {
-    "sports": [
-        "football", "basketball", "soccer", "baseball", "hockey", "tennis", "golf",
-        "quarterback", "touchdown", "playoffs", "coach", "stadium", "tournament", "league",
-        "championship", "goalkeeper", "pitcher", "striker", "referee", "olympic",
-    ],
-    "finance": [
-        "stocks", "investors", "recession", "inflation", "mortgage", "earnings", "shares",
-        "bonds", "economy", "profits", "revenue", "trading", "currency", "banking", "loans",
-        "debt", "tax", "wealth", "investment", "bankruptcy",
-    ],
-    "health": [
-        "doctors", "hospital", "patients", "vaccine", "disease", "cancer", "diabetes",
-        "nurses", "surgery", "medicine", "virus", "infection", "therapy", "clinic", "symptoms",
-        "pharmacy", "blood", "illness", "treatment", "obesity",
-    ],
-    "politics": [
-        "senate", "congress", "election", "president", "governor", "senator", "voters",
-        "parliament", "democrats", "republicans", "campaign", "legislation", "senators",
-        "ballot", "minister", "mayor", "candidate", "diplomat", "referendum", "cabinet",
-    ],
-    "science": [
-        "scientists", "physics", "chemistry", "biology", "laboratory", "researchers",
-        "experiment", "telescope", "astronomers", "molecules", "genes", "fossils", "species",
-        "evolution", "quantum", "atoms", "planet", "galaxy", "asteroid", "dinosaur",
-    ],
-    "music": [
-        "album", "singer", "concert", "guitar", "band", "songs", "rapper", "drummer", "piano",
-        "orchestra", "jazz", "lyrics", "grammy", "musician", "melody", "chorus", "violin",
-        "symphony", "guitarist", "songwriter",
-    ],
-    "food": [
-        "recipe", "chef", "restaurant", "pizza", "cheese", "chicken", "bread", "pasta",
-        "dessert", "chocolate", "soup", "salad", "kitchen", "cooking", "baking", "burger",
-        "coffee", "wine", "vegetables", "sauce",
-    ],
-    "travel": [
-        "tourists", "hotel", "airline", "flights", "passengers", "vacation", "beach", "cruise",
-        "airport", "resort", "tourism", "luggage", "passport", "destination", "island",
-        "hostel", "trip", "journey", "hiking", "travelers",
-    ],
-    "weather": [
-        "storm", "rain", "snow", "hurricane", "tornado", "forecast", "temperatures", "heat",
-        "flooding", "drought", "wind", "thunder", "frost", "fog", "blizzard", "humidity",
-        "rainfall", "lightning", "clouds", "sunshine",
-    ],
-    "technology": [
-        "software", "smartphone", "computer", "internet", "google", "microsoft", "robot",
-        "chips", "laptop", "startup", "app", "cyber", "hacker", "algorithm", "digital",
-        "online", "browser", "silicon", "processor", "wireless",
-    ],
-    "autos": [
-        "car", "cars", "truck", "engine", "vehicle", "sedan", "suv", "tesla", "ford", "toyota",
-        "honda", "motorcycle", "tires", "highway", "horsepower", "fuel", "dealer", "hybrid",
-        "brakes", "diesel",
-    ],
-    "movies": [
-        "film", "movie", "actor", "actress", "director", "hollywood", "cinema", "sequel",
-        "oscar", "screenplay", "premiere", "trailer", "starring", "studio", "blockbuster",
-        "comedy", "thriller", "horror", "documentary", "animated",
-    ],
-    "education": [
-        "school", "students", "teachers", "university", "college", "classroom", "exams",
-        "tuition", "graduates", "campus", "professor", "curriculum", "scholarship", "homework",
-        "kindergarten", "semester", "diploma", "lecture", "textbook", "teacher",
-    ],
-    "crime": [
-        "police", "arrested", "murder", "suspect", "robbery", "prison", "judge", "court",
-        "trial", "jury", "detectives", "detective", "shooting", "sheriff", "theft", "convicted",
-        "fraud", "sentenced", "homicide", "gang",
-    ],
-}  # fmt: skip
+TOPICS: dict[str, list[str]] = _vocabulary()["topics"]
 
-#: Neutral words shared by every topic, so filler carries no topic signal. Each is a single
-#: WordPiece of the BERT uncased vocabulary.
-FILLER_WORDS: list[str] = [
-    "the", "a", "an", "of", "to", "in", "for", "on", "with", "at", "by", "from", "about",
-    "after", "before", "over", "under", "into", "through", "during", "while", "amid",
-    "against", "without", "between", "among", "around", "across", "behind", "beyond", "inside",
-    "near", "off", "ahead", "up", "down", "out", "back", "again", "now", "here", "there",
-    "just", "still", "also", "even", "ever", "never", "always", "often", "soon", "already",
-    "perhaps", "really", "finally", "quite", "very", "too", "almost", "only", "then", "once",
-    "new", "old", "big", "small", "first", "last", "next", "more", "most", "many", "some",
-    "this", "that", "these", "those", "what", "how", "why", "when", "where", "who", "which",
-    "another", "other", "every", "each", "all", "both", "few", "several", "own", "same",
-    "different", "major", "key", "top", "real", "full", "long", "short", "low", "early",
-    "late", "great", "good", "bad", "best", "worst", "better", "simple", "quick", "close",
-    "open", "final", "local", "global", "public", "private", "special", "little", "large",
-    "whole", "certain", "clear", "strange", "surprising", "unusual", "familiar", "possible",
-    "says", "said", "report", "reports", "shows", "finds", "update", "latest", "today",
-    "week", "year", "day", "month", "time", "people", "thing", "things", "way", "ways",
-    "part", "story", "stories", "look", "looks", "makes", "take", "takes", "gets", "comes",
-    "goes", "see", "know", "need", "want", "could", "would", "should", "might", "will",
-    "can", "has", "have", "had", "is", "are", "was", "were", "be", "been", "its", "their",
-    "his", "her", "our", "your", "my", "them", "they", "we", "you", "he", "she", "it", "one",
-    "two", "three", "four", "five", "ten", "plus", "yet", "instead",
-    "reason", "reasons", "question", "answer", "idea", "fact", "facts", "moment", "change",
-    "changes", "return", "returns", "begins", "ends", "starts", "stops", "continues",
-    "remains", "turns", "moves", "brings", "leaves", "tells", "explains", "reveals",
-    "expected", "announced", "confirmed", "happened", "nearly",
-]  # fmt: skip
-FILLER_WORDS = sorted(dict.fromkeys(FILLER_WORDS))
+#: Neutral words shared by every topic, so filler carries no topic signal (sorted, unique). Each
+#: is a single WordPiece of the BERT uncased vocabulary.
+FILLER_WORDS: list[str] = sorted(dict.fromkeys(_vocabulary()["filler_words"]))
 
 _TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
 

@@ -13,7 +13,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from attribution_analysis.comparison import run_comparison
+from attribution_analysis.app.comparison import run_comparison
+from attribution_analysis.app.workspace import (
+    Workspace,
+    gold_token_labels,
+    open_workspace,
+    split_examples,
+)
 from attribution_analysis.config import AttributionConfig, resolve_path, to_dict
 from attribution_analysis.evaluation.compare import display_rows
 from attribution_analysis.evaluation.plausibility import plausibility_metrics
@@ -32,12 +38,6 @@ from attribution_analysis.methods.diffmask.train_diffmask import (
     validate,
 )
 from attribution_analysis.methods.result import AttributionResult
-from attribution_analysis.pipeline import (
-    Workspace,
-    gold_token_labels,
-    open_workspace,
-    split_examples,
-)
 from attribution_analysis.reporting.html_report import write_report
 from attribution_analysis.reporting.plots import plot_training_history
 from attribution_analysis.utils.devices import seed_everything

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from attribution_analysis.app.workspace import Workspace, gold_token_labels, split_examples
 from attribution_analysis.evaluation.compare import (
     comparison_table,
     evaluate_methods,
@@ -24,7 +25,6 @@ from attribution_analysis.methods.diffmask import DIFFMASK
 from attribution_analysis.methods.diffmask.train_diffmask import rebind_diffmask
 from attribution_analysis.methods.registry import build_method
 from attribution_analysis.methods.result import merge_subwords
-from attribution_analysis.pipeline import Workspace, gold_token_labels, split_examples
 from attribution_analysis.reporting.plots import plot_curves
 from attribution_analysis.utils.io import atomic_write_json, atomic_write_text
 
@@ -82,7 +82,9 @@ def retrain_diffmask(
     config's training hyper-parameters, checkpoints and history under ``run_dir`` (resumed from
     there when present). The context stays the workspace's (the original model's history
     vectors)."""
-    from attribution_analysis.analysis import train_for_workspace  # analysis imports this module
+    from attribution_analysis.app.analysis import (
+        train_for_workspace,  # analysis imports this module
+    )
 
     fresh = fresh_diffmask_like(diffmask, model, seed=ws.config.seed)
     return train_for_workspace(ws, Path(run_dir), quiet, diffmask=fresh)
