@@ -54,11 +54,12 @@ from pathlib import Path
 
 import torch
 
-from attribution_analysis.app.analysis import _train, evaluate_records
+from attribution_analysis.app.analysis import _train, annotate, gold_labels
 from attribution_analysis.app.cli import run_cli
 from attribution_analysis.app.comparison import build_methods, gold_lookup
 from attribution_analysis.app.workspace import open_workspace, split_examples
 from attribution_analysis.config import AttributionConfig, load_config, resolve_path, to_dict
+from attribution_analysis.evaluation.attribution_run import AttributionRun
 from attribution_analysis.evaluation.compare import (
     MethodEvaluation,
     evaluate_methods,
@@ -182,14 +183,14 @@ def method_numbers(evals: dict[str, MethodEvaluation]) -> dict[str, dict[str, di
 
 
 def diffmask_numbers(ws, results, margin: float) -> dict[str, dict]:
-    """``evaluate_records`` (within-margin share, kept share, gold AUPRC, ...) per subset."""
-    records = [{"gold_words": ws.data.rationales.get(r.ids.get("news_id"))} for r in results]
+    """``AttributionRun.evaluate`` (within-margin share, kept share, gold AUPRC, ...) per
+    subset."""
+    run = annotate(ws, results, ws.config.split)
     clicks = [r.original_output >= 0.5 for r in results]
     out = {}
     for subset, keep in subset_flags(clicks).items():
-        rs = [r for r, k in zip(results, keep) if k]
-        recs = [r for r, k in zip(records, keep) if k]
-        out[subset] = evaluate_records(rs, recs, margin)
+        rs = [r for r, k in zip(run.results, keep) if k]
+        out[subset] = AttributionRun(rs).evaluate(margin, gold_labels)
     return out
 
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from attribution_analysis.analyze_diffmask import main
+from attribution_analysis.evaluation.attribution_run import AttributionRun
 from tests.helpers_browser import start_chromium
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,10 +60,15 @@ def test_run_folder_contents(trained_run):
         "comparison/comparison.md",
     ):
         assert (trained_run / name).is_file(), name
-    rows = [json.loads(line) for line in (trained_run / "attributions.jsonl").open()]
-    assert len(rows) == 12
-    keys = {"impression_id", "user_id", "news_id", "tokens", "token_scores", "word_scores"}
-    assert keys | {"original_prob", "masked_prob", "divergence"} <= set(rows[0])
+    run = AttributionRun.load(trained_run / "attributions.jsonl")
+    assert len(run) == 12
+    first = run.results[0]
+    assert {"impression_id", "user_id", "news_id"} <= set(first.ids)
+    assert first.method == "diffmask" and len(first.tokens) == len(first.token_scores)
+    assert None not in (first.original_output, first.masked_output, first.divergence)
+    assert first.annotations["title"] and "history_titles" in first.annotations
+    rows = run.rows()
+    assert {"title", "original_prob", "masked_prob", "gold_words"} <= set(rows[0])
     summary = json.loads((trained_run / "summary.json").read_text())
     assert summary["test"]["n_samples"] == 12 and "auprc" in summary["test"]
     assert {r["method"] for r in summary["comparison"]} == {"diffmask", "ig", "random"}
@@ -97,7 +103,7 @@ def test_skip_training_reproduces_attributions(trained_run, workdir, monkeypatch
     first = [json.loads(line) for line in (trained_run / "attributions.jsonl").open()]
     second = [json.loads(line) for line in (out / "attributions.jsonl").open()]
     assert [r["token_scores"] for r in first] == [r["token_scores"] for r in second]
-    assert [r["masked_prob"] for r in first] == [r["masked_prob"] for r in second]
+    assert [r["masked_output"] for r in first] == [r["masked_output"] for r in second]
 
 
 def test_interrupted_training_resumes(trained_run, workdir, monkeypatch, capsys):

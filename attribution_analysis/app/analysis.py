@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,13 +20,12 @@ from attribution_analysis.app.workspace import (
     split_examples,
 )
 from attribution_analysis.config import AttributionConfig, resolve_path, to_dict
+from attribution_analysis.evaluation.attribution_run import AttributionRun
 from attribution_analysis.evaluation.compare import display_rows
-from attribution_analysis.evaluation.plausibility import plausibility_metrics
 from attribution_analysis.evaluation.word_statistics import (
     KEEP_THRESHOLD,
     MIN_SUPPORT,
     TOP_WORD_FIELDS,
-    top_words,
     top_words_rule,
 )
 from attribution_analysis.methods.diffmask import DIFFMASK
@@ -44,6 +42,7 @@ from attribution_analysis.utils.devices import seed_everything
 from attribution_analysis.utils.io import atomic_write_json, atomic_write_text, timestamped_dir
 
 HISTORY_SHOWN = 5
+PER_SAMPLE_FIELDS = ("impression_id", "news_id", "rank", "word", "score")
 
 
 @dataclass
@@ -52,7 +51,7 @@ class AnalysisResult:
 
     run_dir: Path
     summary: dict
-    records: list[dict] = field(default_factory=list)
+    attributions: AttributionRun | None = None
     comparison: list[dict] | None = None
 
 
@@ -64,90 +63,29 @@ def _csv_text(rows: list[dict], columns: list[str]) -> str:
     return buffer.getvalue()
 
 
-def _record(ws: Workspace, result: AttributionResult, histories: dict[str, tuple]) -> dict:
-    """One JSONL row: ids, title, tokens, scores, outputs, gold words and recent history."""
-    ids = result.ids
-    imp_history = histories.get(ids.get("impression_id"), ())
-    return {
-        "impression_id": ids.get("impression_id"),
-        "user_id": ids.get("user_id"),
-        "news_id": ids.get("news_id"),
-        "label": ids.get("label"),
-        "title": ws.title(ids["news_id"]),
-        "tokens": result.tokens,
-        "token_scores": result.token_scores,
-        "words": result.words,
-        "word_scores": result.word_scores,
-        "original_prob": result.original_output,
-        "masked_prob": result.masked_output,
-        "divergence": result.divergence,
-        "gold_words": ws.data.rationales.get(ids.get("news_id")),
-        "history_titles": [ws.title(n) for n in reversed(imp_history[-HISTORY_SHOWN:])],
-        "method": result.method,
-    }
+def annotate(ws: Workspace, results: list[AttributionResult], split: str) -> AttributionRun:
+    """The results as an :class:`AttributionRun`, each annotated with what the report shows:
+    the candidate's ``title``, its ``gold_words`` and the user's ``history_titles`` (the most
+    recent ``HISTORY_SHOWN``, newest first)."""
+    histories = {imp.impression_id: imp.history for imp in ws.data.split(split)}
+    for r in results:
+        imp_history = histories.get(r.ids.get("impression_id"), ())
+        r.annotations = {
+            "title": ws.title(r.ids["news_id"]),
+            "gold_words": ws.data.rationales.get(r.ids.get("news_id")),
+            "history_titles": [ws.title(n) for n in reversed(imp_history[-HISTORY_SHOWN:])],
+        }
+    return AttributionRun(results)
 
 
-def top_words_per_sample(records: list[dict], k: int) -> list[dict]:
-    rows = []
-    for r in records:
-        order = sorted(range(len(r["words"])), key=lambda j: -r["word_scores"][j])[:k]
-        for rank, j in enumerate(order, start=1):
-            rows.append(
-                {
-                    "impression_id": r["impression_id"],
-                    "news_id": r["news_id"],
-                    "rank": rank,
-                    "word": r["words"][j],
-                    "score": r["word_scores"][j],
-                }
-            )
-    return rows
-
-
-def top_words_overall(records: list[dict], k: int, min_support: int = MIN_SUPPORT) -> list[dict]:
-    """The ``k`` words most reliably kept (score >= ``KEEP_THRESHOLD``), among words seen at
-    least ``min_support`` times, ranked by the Wilson lower bound of their kept share (see
-    :func:`attribution_analysis.evaluation.word_statistics.top_words`)."""
-    return top_words(records, k, min_support=min_support, threshold=KEEP_THRESHOLD)
-
-
-def _scorable_scores(result: AttributionResult) -> list[float]:
-    return [result.token_scores[i] for idx in result.word_token_index for i in idx]
-
-
-def evaluate_records(results: list[AttributionResult], records: list[dict], margin: float) -> dict:
-    """Constraint satisfaction, sparsity and (when gold rationales exist) plausibility."""
-    n = len(results)
-    if n == 0:
-        return {"n_samples": 0}
-    within = [r.divergence <= margin for r in results]
-    agree = [
-        (r.original_output > 0.5) == (r.masked_output > 0.5) for r in results
-    ]  # same click decision
-    kept = [s for r in results for s in _scorable_scores(r)]
-    summary = {
-        "n_samples": n,
-        "within_margin_share": sum(within) / n,
-        "agreement_share": sum(agree) / n,
-        "satisfied_share": sum(w and a for w, a in zip(within, agree)) / n,
-        "mean_divergence": sum(r.divergence for r in results) / n,
-        "kept_share": sum(kept) / max(len(kept), 1),
-        "kept_share_thresholded": sum(s >= KEEP_THRESHOLD for s in kept) / max(len(kept), 1),
-    }
-    gold, scores = [], []
-    for res, rec in zip(results, records):
-        labels = gold_token_labels(
-            res.words, res.word_token_index, len(res.tokens), rec["gold_words"]
-        )
-        if labels is None:
-            continue
-        positions = [i for idx in res.word_token_index for i in idx]
-        gold.append([labels[i] for i in positions])
-        scores.append([res.token_scores[i] for i in positions])
-    if gold:
-        plaus = plausibility_metrics(gold, scores)
-        summary.update({k: v for k, v in plaus.items() if k != "per_example"})
-    return summary
+def gold_labels(result: AttributionResult) -> list[int] | None:
+    """0/1 per token of ``result`` from its annotated gold words (None without them)."""
+    return gold_token_labels(
+        result.words,
+        result.word_token_index,
+        len(result.tokens),
+        result.annotations.get("gold_words"),
+    )
 
 
 def train_for_workspace(
@@ -229,22 +167,14 @@ def run_analysis(
         tokenizer=ws.tokenizer,
         quiet=quiet,
     )
-    histories = {imp.impression_id: imp.history for imp in ws.data.split(config.split)}
-    records = [_record(ws, r, histories) for r in results]
-    atomic_write_text(
-        run_dir / "attributions.jsonl",
-        "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records),
-    )
-    per_sample = top_words_per_sample(records, config.top_k)
+    run = annotate(ws, results, config.split)
+    run.save(run_dir / "attributions.jsonl")
     atomic_write_text(
         run_dir / "top_words_per_sample.csv",
-        _csv_text(per_sample, ["impression_id", "news_id", "rank", "word", "score"]),
+        _csv_text(run.top_words_per_sample(config.top_k), list(PER_SAMPLE_FIELDS)),
     )
-    overall = top_words_overall(records, config.top_k)
-    atomic_write_text(
-        run_dir / "top_words.csv",
-        _csv_text(overall, list(TOP_WORD_FIELDS)),
-    )
+    overall = run.top_words(config.top_k)
+    atomic_write_text(run_dir / "top_words.csv", _csv_text(overall, list(TOP_WORD_FIELDS)))
     comparison, comparison_plots, rows = None, None, None
     if any(m != "diffmask" for m in config.compare_methods):
         names = list(dict.fromkeys(["diffmask", *config.compare_methods]))
@@ -255,7 +185,7 @@ def run_analysis(
             for k in ("deletion", "insertion")
         }
     summary = {
-        "test": evaluate_records(results, records, diffmask.margin),
+        "test": run.evaluate(diffmask.margin, gold_labels),
         "validation": val,
         "settings": diffmask.settings,
         "lambda": diffmask.lagrange_multiplier.item(),
@@ -275,7 +205,7 @@ def run_analysis(
             "training": _training_line(training),
         },
         summary=summary["test"],
-        samples=records,
+        samples=run.rows(),
         top_words=overall,
         top_words_rule=top_words_rule(MIN_SUPPORT, KEEP_THRESHOLD),
         training_plots=plots,
@@ -283,7 +213,7 @@ def run_analysis(
         comparison_plots=comparison_plots,
     )
     _print_summary(run_dir, summary["test"], overall)
-    return AnalysisResult(run_dir, summary, records, comparison)
+    return AnalysisResult(run_dir, summary, run, comparison)
 
 
 def _training_line(training: dict) -> str:

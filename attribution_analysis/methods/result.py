@@ -92,7 +92,9 @@ class AttributionResult:
     (``word_token_index`` maps words to token positions). ``original_output``/``masked_output``
     are the explained output (click probability for the recommender, predicted-class
     probability for classifiers) before and after masking; ``divergence`` is the method's
-    divergence between the two (DIFFMASK only).
+    divergence between the two (DIFFMASK only). ``annotations`` holds display data that the
+    application adds (e.g. the ``title``, the ``gold_words`` and the user's
+    ``history_titles``).
     """
 
     method: str
@@ -106,6 +108,7 @@ class AttributionResult:
     divergence: float | None = None
     ids: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    annotations: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -57,7 +57,6 @@ def score_impressions(
     quiet: bool = True,
 ) -> list[np.ndarray]:
     """Click scores of every candidate of every impression (in the impression's order)."""
-    model.eval()
     if news_vectors is None:
         news_vectors = encode_news_table(model, table, batch_size, quiet)
     loader = DataLoader(
@@ -66,10 +65,11 @@ def score_impressions(
         collate_fn=collate_impressions,
     )
     scores: list[np.ndarray] = []
-    for batch in tqdm(loader, desc="score", disable=quiet, leave=False):
-        user = user_vectors(model, news_vectors, batch["history"], batch["history_mask"])
-        cand = news_vectors[batch["candidates"].to(news_vectors.device)]
-        s = model.score(user, cand).cpu().numpy()
-        n = batch["candidate_mask"].sum(-1).tolist()
-        scores.extend(s[i, : n[i]].astype(np.float64) for i in range(len(n)))
+    with eval_mode(model):
+        for batch in tqdm(loader, desc="score", disable=quiet, leave=False):
+            user = user_vectors(model, news_vectors, batch["history"], batch["history_mask"])
+            cand = news_vectors[batch["candidates"].to(news_vectors.device)]
+            s = model.score(user, cand).cpu().numpy()
+            n = batch["candidate_mask"].sum(-1).tolist()
+            scores.extend(s[i, : n[i]].astype(np.float64) for i in range(len(n)))
     return scores

@@ -7,6 +7,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import BertConfig, BertForSequenceClassification
 
+from attribution_analysis.utils.modes import eval_mode
+
 
 def small_bert_classifier(
     vocab_size: int,
@@ -75,11 +77,12 @@ def train_sequence_classifier(
 @torch.no_grad()
 def accuracy(model: BertForSequenceClassification, data: Dataset, batch_size: int = 256) -> float:
     """Share of examples whose argmax class equals ``labels``."""
-    model.eval()
     correct = 0
-    for batch in DataLoader(data, batch_size=batch_size):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        correct += int((logits.argmax(-1) == batch["labels"]).sum())
+    with eval_mode(model):
+        for batch in DataLoader(data, batch_size=batch_size):
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            correct += int((logits.argmax(-1) == batch["labels"]).sum())
     return correct / len(data)
 
 

@@ -521,6 +521,7 @@ class DIFFMASK(nn.Module):
         tokenizer=None,
         ids: list[dict] | None = None,
         word_aggregation: str = "max",
+        readout: str | None = None,
     ) -> list[AttributionResult]:
         """Full results for a batch: scores, tokens, words, original and masked (deterministic
         gates) outputs and divergence. Costs two forward passes (the masked output needs one)."""
@@ -531,7 +532,7 @@ class DIFFMASK(nn.Module):
             scorable = self.scorable_mask(input_ids, attention_mask)
             log_alpha = step.probe.log_alpha
             log_alpha = log_alpha if log_alpha.dim() == 3 else log_alpha[None]
-            scores = self._readout(log_alpha, scorable, self.settings["readout"])
+            scores = self._readout(log_alpha, scorable, readout or self.settings["readout"])
             orig = self.adapter.explained_output(step.original, ctx)
             masked = self.adapter.explained_output(step.masked, ctx)
             seconds = (time.perf_counter() - t0) / len(input_ids)

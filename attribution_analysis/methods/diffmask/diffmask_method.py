@@ -12,7 +12,8 @@ from torch import nn
 from attribution_analysis.methods.base import AttributionMethod
 from attribution_analysis.methods.diffmask.checkpoint import load_diffmask_checkpoint
 from attribution_analysis.methods.diffmask.diffmask import DIFFMASK, READOUTS
-from attribution_analysis.methods.explained_model import ExplainedModel, make_adapter
+from attribution_analysis.methods.explained_model import Context, ExplainedModel, make_adapter
+from attribution_analysis.methods.result import AttributionResult
 from attribution_analysis.utils.modes import eval_mode
 
 
@@ -88,6 +89,27 @@ class DiffMaskMethod(AttributionMethod):
                 input_ids, attention_mask, readout=self.readout, **context
             )
         return scores * self.scorable(input_ids, attention_mask)
+
+    def explain(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        context: Context,
+        tokenizer=None,
+        ids: list[dict] | None = None,
+    ) -> list[AttributionResult]:
+        """:meth:`DIFFMASK.explain` with this method's read-out and word aggregation: the
+        scores plus the original and masked outputs and the divergence of the delivered
+        mask (two forward passes)."""
+        return self.diffmask.explain(
+            input_ids,
+            attention_mask,
+            context,
+            tokenizer,
+            ids,
+            self.word_aggregation,
+            readout=self.readout,
+        )
 
 
 def _check_same_ids(settings: dict, **given) -> None:

@@ -1,16 +1,16 @@
-"""Attributions of a trained DIFFMASK for every example of a loader, streamed to JSONL."""
+"""Attributions of a trained DIFFMASK for every example of a loader, streamed to JSONL (the
+generic :func:`~attribution_analysis.methods.extraction.extract_attributions` through
+:class:`~.diffmask_method.DiffMaskMethod`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from attribution_analysis.data.batches import split_batch
 from attribution_analysis.methods.diffmask.diffmask import DIFFMASK
+from attribution_analysis.methods.diffmask.diffmask_method import DiffMaskMethod
+from attribution_analysis.methods.extraction import extract_attributions
 from attribution_analysis.methods.result import AttributionResult
-from attribution_analysis.utils.io import atomic_write
 
 
 def extract_attributions_diffmask(
@@ -24,51 +24,14 @@ def extract_attributions_diffmask(
     word_aggregation: str = "max",
     quiet: bool = False,
 ) -> list[AttributionResult]:
-    """Attribute up to ``n_samples`` examples from ``loader``, batch by batch.
-
-    Results stream to ``output_path`` (JSONL, one result per line; written to a temporary file
-    and renamed when complete). With ``return_results=False`` nothing is kept in memory, so
-    memory does not grow with the number of samples.
-    """
-    diffmask.eval()
+    """Attribute up to ``n_samples`` examples from ``loader`` with ``diffmask`` (scores, the
+    original and masked outputs and the divergence); see ``extract_attributions``."""
     diffmask.to(device)
-    diffmask.adapter.model.to(device).eval()
-    kept: list[AttributionResult] = []
-    done = 0
+    method = DiffMaskMethod(diffmask=diffmask)
+    method.word_aggregation = word_aggregation
+    return extract_attributions(
+        method, loader, n_samples, device, tokenizer, output_path, return_results, quiet
+    )
 
-    def run(handle) -> None:
-        nonlocal done
-        bar = tqdm(total=n_samples, desc="attributions", disable=quiet)
-        for batch in loader:
-            if n_samples is not None and done >= n_samples:
-                break
-            ids, mask, ctx, meta = split_batch(batch, device)
-            take = len(ids) if n_samples is None else min(len(ids), n_samples - done)
-            ctx = {k: v[:take] for k, v in ctx.items()}
-            results = diffmask.explain(
-                ids[:take],
-                mask[:take],
-                ctx,
-                tokenizer,
-                meta[:take] if meta else None,
-                word_aggregation,
-            )
-            for r in results:
-                if handle is not None:
-                    handle.write(r.to_json() + "\n")
-                if return_results:
-                    kept.append(r)
-            done += take
-            bar.update(take)
-        bar.close()
 
-    if output_path is None:
-        run(None)
-    else:
-
-        def write(tmp: Path) -> None:
-            with tmp.open("w", encoding="utf-8") as handle:
-                run(handle)
-
-        atomic_write(output_path, write)
-    return kept
+__all__ = ["extract_attributions_diffmask"]
