@@ -63,3 +63,11 @@ def test_no_module_imports_from_a_layer_above_its_own(path):
     source = module_name(path)
     upward = [m for m in imported_modules(path) if layer_of(m) > layer_of(source)]
     assert not upward, f"{source} (layer {layer_of(source)}) imports {upward} from above"
+
+
+def test_the_first_releases_import_path_still_works():
+    from attribution_analysis.app import workspace
+    from attribution_analysis.pipeline import open_workspace, split_examples
+
+    assert open_workspace is workspace.open_workspace
+    assert split_examples is workspace.split_examples

@@ -25,15 +25,18 @@ from attribution_analysis.methods.explained_model import BinaryLogitModel, Model
 from attribution_analysis.methods.result import AttributionResult, read_results_jsonl
 from attribution_analysis.models.inference import encode_news_table
 from attribution_analysis.models.serialization import build_nrms
-from tests.helpers_foundation import data_config, make_corpus, tiny_config, tiny_tokenizer
+from tests.helpers_foundation import (
+    data_config,
+    make_corpus,
+    single_thread,
+    tiny_config,
+    tiny_tokenizer,
+)
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from single_thread()
 
 
 @pytest.fixture(scope="module")

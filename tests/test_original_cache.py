@@ -13,16 +13,14 @@ from attribution_analysis.methods.diffmask import DIFFMASK
 from attribution_analysis.methods.diffmask.original_cache import OriginalPassCache
 from attribution_analysis.methods.diffmask.train_diffmask import train_diffmask
 from attribution_analysis.models.sequence_classifier import small_bert_classifier
+from tests.helpers_foundation import single_thread
 
 TASK = KeyCountTask()
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from single_thread()
 
 
 def _model():

@@ -8,8 +8,6 @@ tokens.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from attribution_analysis.methods.base import AttributionMethod
@@ -21,15 +19,9 @@ class RandomMethod(AttributionMethod):
     name = "random"
     word_aggregation = "sum"
 
-    def __init__(
-        self,
-        model,
-        special_token_ids: Sequence[int] = (),
-        seed: int = 0,
-        pad_token_id: int | None = None,
-        mask_token_id: int | None = None,
-    ) -> None:
-        super().__init__(model, special_token_ids, seed, pad_token_id, mask_token_id)
+    def __init__(self, model, *args, **kwargs) -> None:
+        """The arguments of :class:`AttributionMethod` (``seed`` starts the sequence)."""
+        super().__init__(model, *args, **kwargs)
         self.reset()
 
     def reset(self) -> None:
