@@ -20,7 +20,7 @@ from attribution_analysis.config import AttributionConfig, load_config, resolve_
 from attribution_analysis.evaluation.removal import OPERATIONS
 from attribution_analysis.methods.diffmask.train_diffmask import load_diffmask_checkpoint
 from attribution_analysis.methods.registry import parse_method_list
-from attribution_analysis.utils.devices import seed_everything
+from attribution_analysis.utils.devices import check_device, seed_everything
 from attribution_analysis.utils.io import atomic_write_json, timestamped_dir
 
 
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, key) is not None:
                 setattr(config, key, getattr(args, key))
         names = parse_method_list(args.methods)
+        check_device(config.device)
         seed_everything(config.seed)
         out_dir = timestamped_dir(resolve_path(config.output_dir), "compare")
         atomic_write_json(out_dir / "config.json", to_dict(config))

@@ -11,8 +11,10 @@ Absolute paths are used as they are. ``~`` is expanded.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -256,6 +258,63 @@ class AttributionConfig:
     sanity_retrain: bool = True
 
 
+def _positive_int(v: Any) -> bool:
+    return v is None or v >= 1
+
+
+def _non_negative(v: Any) -> bool:
+    return v is None or (v >= 0 and math.isfinite(v))
+
+
+def _positive(v: Any) -> bool:
+    return v is None or (v > 0 and math.isfinite(v))
+
+
+def _share(v: Any) -> bool:
+    return 0 < v <= 1
+
+
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "positive_int": (_positive_int, "must be an integer >= 1"),
+    "non_negative": (_non_negative, "must be >= 0"),
+    "positive": (_positive, "must be a finite number > 0"),
+    "share": (_share, "must be in (0, 1]"),
+}
+VALUE_RULES: dict[type, dict[str, str]] = {
+    DataConfig: {"max_title_len": "positive_int", "max_history": "non_negative",
+                 "npratio": "positive_int"},
+    ModelConfig: {"fine_tune_layers": "non_negative", "dropout": "non_negative"},
+    TrainConfig: {"epochs": "positive_int", "batch_size": "positive_int",
+                  "eval_batch_size": "positive_int", "lr": "positive", "encoder_lr": "positive",
+                  "weight_decay": "non_negative", "warmup_steps": "non_negative",
+                  "max_steps_per_epoch": "positive_int", "grad_clip": "positive",
+                  "max_dev_impressions": "positive_int"},
+    ProbeConfig: {"num_probe_layers": "positive_int", "probe_hidden_dim": "positive_int"},
+    GateConfig: {"temperature": "positive", "stretch": "non_negative",
+                 "mask_layer": "non_negative"},
+    ObjectiveConfig: {"constraint_margin": "positive", "within_margin_goal": "share",
+                      "delivered_check_examples": "positive_int", "logit_decay": "non_negative",
+                      "lambda_init": "non_negative", "lambda_max": "positive"},
+    DiffMaskTrainingConfig: {"n_epochs": "positive_int", "lr_probe": "positive",
+                             "lr_baseline": "positive", "lr_lambda": "positive",
+                             "warmup_steps": "non_negative", "grad_clip": "positive",
+                             "target_within_margin": "share"},
+    DiffMaskConfig: {"train_examples": "positive_int", "val_examples": "positive_int"},
+    AttributionConfig: {"n_samples": "positive_int", "batch_size": "positive_int",
+                        "top_k": "positive_int", "ig_steps": "positive_int"},
+}  # fmt: skip
+"""Value checks applied when a config is loaded (flags get the same checks on the command
+line): a key's value that breaks its rule is rejected with the key's full name."""
+
+
+def _check_values(obj: Any, prefix: str) -> None:
+    for name, rule in VALUE_RULES.get(type(obj), {}).items():
+        check, says = _RULES[rule]
+        value = getattr(obj, name)
+        if not check(value):
+            raise ConfigError(f"'{prefix}{name}' {says}, got {value!r}")
+
+
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -336,7 +395,13 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             f"in {where}; valid keys: {', '.join(valid)}{moved}"
         )
     kwargs = {k: _check_value(prefix + k, hints[k], v) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        obj = cls(**kwargs)
+    except ConfigError as exc:  # a section's own check (e.g. ConvergenceRule)
+        where = prefix.rstrip(".") or "top level"
+        raise ConfigError(f"{where}: {exc}") from None
+    _check_values(obj, prefix)
+    return obj
 
 
 def _moved_keys(cls: type, unknown: list[str], prefix: str) -> str:

@@ -234,3 +234,39 @@ def test_train_diffmask_refuses_a_positional_epoch_count() -> None:
 
     with pytest.raises(TypeError, match="by keyword"):
         training_settings(10)
+
+
+@pytest.mark.parametrize(
+    ("cls", "data", "key"),
+    [
+        (AttributionConfig, {"n_samples": 0}, "'n_samples'"),
+        (AttributionConfig, {"n_samples": -5}, "'n_samples'"),
+        (AttributionConfig, {"top_k": 0}, "'top_k'"),
+        (AttributionConfig, {"diffmask": {"training": {"n_epochs": 0}}}, "training.n_epochs'"),
+        (
+            AttributionConfig,
+            {"diffmask": {"objective": {"constraint_margin": float("nan")}}},
+            "'diffmask.objective.constraint_margin'",
+        ),
+        (AttributionConfig, {"diffmask": {"training": {"convergence": {"window": 0}}}}, "window"),
+        (RecommenderConfig, {"data": {"npratio": 0}}, "'data.npratio'"),
+        (RecommenderConfig, {"data": {"max_history": -1}}, "'data.max_history'"),
+        (RecommenderConfig, {"train": {"max_steps_per_epoch": 0}}, "max_steps_per_epoch"),
+        (RecommenderConfig, {"train": {"epochs": -1}}, "'train.epochs'"),
+    ],
+)
+def test_bad_values_in_yaml_are_rejected_with_the_key(cls, data, key) -> None:
+    with pytest.raises(ConfigError) as exc:
+        from_dict(cls, data)
+    assert key in str(exc.value)
+
+
+def test_cuda_without_a_gpu_is_an_error_not_a_silent_cpu_run() -> None:
+    import torch
+
+    from attribution_analysis.utils.devices import check_device
+
+    assert check_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            check_device("cuda")

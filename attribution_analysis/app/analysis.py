@@ -38,7 +38,7 @@ from attribution_analysis.methods.diffmask.train_diffmask import (
 from attribution_analysis.methods.result import AttributionResult
 from attribution_analysis.reporting.html_report import write_report
 from attribution_analysis.reporting.plots import plot_training_history
-from attribution_analysis.utils.devices import seed_everything
+from attribution_analysis.utils.devices import check_device, seed_everything
 from attribution_analysis.utils.io import atomic_write_json, atomic_write_text, timestamped_dir
 
 HISTORY_SHOWN = 5
@@ -134,6 +134,7 @@ def run_analysis(
     quiet: bool = False,
 ) -> AnalysisResult:
     """The whole analysis; returns the run folder and summary."""
+    check_device(config.device)
     seed_everything(config.seed)
     run_dir = Path(run_dir) if run_dir else timestamped_dir(resolve_path(config.output_dir))
     run_dir.mkdir(parents=True, exist_ok=True)

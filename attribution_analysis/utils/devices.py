@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
@@ -9,10 +10,19 @@ VALID_DEVICES = ("auto", "cpu", "cuda")
 VALID_PRECISION = ("no", "fp16", "bf16")
 
 
-def make_accelerator(device: str = "auto", mixed_precision: str = "no") -> Accelerator:
-    """An :class:`accelerate.Accelerator` for ``device`` (auto, cpu, cuda) and precision."""
+def check_device(device: str) -> str:
+    """``device`` if valid and present: ``cuda`` without a CUDA GPU is an error, never a silent
+    fall-back to the CPU."""
     if device not in VALID_DEVICES:
         raise ValueError(f"device must be one of {VALID_DEVICES}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but no CUDA GPU is available here")
+    return device
+
+
+def make_accelerator(device: str = "auto", mixed_precision: str = "no") -> Accelerator:
+    """An :class:`accelerate.Accelerator` for ``device`` (auto, cpu, cuda) and precision."""
+    check_device(device)
     if mixed_precision not in VALID_PRECISION:
         raise ValueError(
             f"mixed_precision must be one of {VALID_PRECISION}, got {mixed_precision!r}"
