@@ -155,8 +155,9 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
         load_yaml(path)
     assert str(path) in str(exc.value) and "mapping" in str(exc.value)
     empty = tmp_path / "empty.yaml"
-    empty.write_text("")
-    assert load_config(RecommenderConfig, empty) == RecommenderConfig()
+    empty.write_text("# nothing\n")
+    with pytest.raises(ConfigError, match="empty"):  # never a silent run of every default
+        load_config(RecommenderConfig, empty)
 
 
 def test_yaml_file_loads(tmp_path: Path) -> None:
@@ -270,3 +271,13 @@ def test_cuda_without_a_gpu_is_an_error_not_a_silent_cpu_run() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             check_device("cuda")
+
+
+def test_json_outputs_write_nan_as_null(tmp_path: Path) -> None:
+    import json
+    import math
+
+    from attribution_analysis.utils.io import atomic_write_json
+
+    path = atomic_write_json(tmp_path / "m.json", {"auc": math.nan, "x": [1.0, math.inf]})
+    assert json.loads(path.read_text()) == {"auc": None, "x": [1.0, None]}

@@ -54,12 +54,26 @@ def test_news_reads_all_eight_columns(tmp_path: Path) -> None:
 
 
 def test_news_from_several_files_are_merged_first_row_wins(tmp_path: Path) -> None:
-    train = write_lines(tmp_path / "train" / "news.tsv", [news_line("N1", "old"), news_line("N2")])
-    dev = write_lines(tmp_path / "dev" / "news.tsv", [news_line("N1", "new"), news_line("N9")])
+    train = write_lines(tmp_path / "train" / "news.tsv", [news_line("N1", "same"), news_line("N2")])
+    dev = write_lines(tmp_path / "dev" / "news.tsv", [news_line("N1", "same"), news_line("N9")])
     news = read_news([train, dev])
     assert set(news) == {"N1", "N2", "N9"}
-    assert news["N1"].title == "old"
+    assert news["N1"].title == "same"
     assert split_news_paths([tmp_path / "train", tmp_path / "dev"]) == [train, dev]
+
+
+def test_news_id_repeated_with_another_title_names_both_places(tmp_path: Path) -> None:
+    train = write_lines(tmp_path / "train" / "news.tsv", [news_line("N1", "old")])
+    dev = write_lines(tmp_path / "dev" / "news.tsv", [news_line("N2"), news_line("N1", "new")])
+    with pytest.raises(DataError) as exc:
+        read_news([train, dev])
+    assert f"{dev}:2" in str(exc.value) and f"{train}:1" in str(exc.value)
+
+
+def test_utf8_byte_order_mark_is_not_part_of_the_first_id(tmp_path: Path) -> None:
+    path = tmp_path / "news.tsv"
+    path.write_bytes(b"\xef\xbb\xbf" + (news_line("N1", "a title") + "\n").encode())
+    assert set(read_news([path])) == {"N1"}
 
 
 def test_news_crlf_and_blank_lines(tmp_path: Path) -> None:

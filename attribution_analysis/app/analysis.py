@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,7 +194,7 @@ def run_analysis(
         "run_dir": str(run_dir),
         "comparison": rows,
     }
-    atomic_write_json(run_dir / "summary.json", _finite_json(summary))
+    atomic_write_json(run_dir / "summary.json", summary)
     write_report(
         run_dir / "report.html",
         title="DIFFMASK word attributions",
@@ -233,16 +232,6 @@ def _training_line(training: dict) -> str:
         )
     )
     return f"{state} after {training['epochs']} epochs, best epoch {training['best_epoch']}{detail}"
-
-
-def _finite_json(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite_json(v) for v in obj]
-    return obj
 
 
 def _print_summary(run_dir: Path, test: dict, overall: list[dict]) -> None:

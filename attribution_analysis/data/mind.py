@@ -98,6 +98,8 @@ def _lines(path: Path, strict: bool, stats: ReadStats) -> Iterator[tuple[int, st
                     "MIND files must be UTF-8 encoded",
                 )
                 continue
+            if number == 1:
+                text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not data
             text = text.rstrip("\r\n")
             if text.strip():
                 yield number, text
@@ -108,10 +110,13 @@ def read_news(
 ) -> dict[str, NewsRecord]:
     """Read one or more ``news.tsv`` files into ``{news_id: NewsRecord}``.
 
-    Later files may repeat ids of earlier ones (MIND splits share news); the first row wins.
+    Later files may repeat ids of earlier ones (MIND splits share news); the first row wins
+    when the repeated row has the same title, and a repeated id with another title is an error
+    naming both places (ids must identify one news item).
     """
     stats = stats if stats is not None else ReadStats()
     news: dict[str, NewsRecord] = {}
+    where: dict[str, str] = {}
     for path in map(Path, paths):
         for number, line in _lines(path, strict, stats):
             cols = line.split("\t")
@@ -128,6 +133,14 @@ def read_news(
                 continue
             if cols[0] not in news:
                 news[cols[0]] = NewsRecord(*cols)
+                where[cols[0]] = f"{path}:{number}"
+            elif news[cols[0]].title != cols[3]:
+                _fail_or_skip(
+                    strict,
+                    stats,
+                    f"{path}:{number}",
+                    f"news id {cols[0]!r} repeated with another title (first at {where[cols[0]]})",
+                )
     return news
 
 
