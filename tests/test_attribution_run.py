@@ -74,4 +74,12 @@ def test_evaluate_on_hand_computed_values(run):
     assert summary["kept_share_thresholded"] == pytest.approx(2 / 6)
     assert "auprc" in summary
     assert "auprc" not in run.evaluate(margin=0.1)  # no gold labels, no plausibility
-    assert AttributionRun([]).evaluate(0.1) == {"n_samples": 0}
+    assert AttributionRun([]).evaluate(0.1) == {"n_samples": 0, "n_unscorable": 0}
+
+
+def test_titles_without_scorable_tokens_are_left_out_of_the_metrics(run):
+    empty = _result(2, [], divergence=0.0, masked=0.8)
+    empty.words, empty.word_scores, empty.word_token_index = [], [], []
+    summary = AttributionRun([*run.results, empty]).evaluate(margin=0.1)
+    assert summary["n_samples"] == 2 and summary["n_unscorable"] == 1
+    assert summary["within_margin_share"] == 0.5

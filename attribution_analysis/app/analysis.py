@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from attribution_analysis.app.cli import set_resume_hint
 from attribution_analysis.app.comparison import run_comparison
 from attribution_analysis.app.workspace import (
     Workspace,
@@ -34,6 +35,7 @@ from attribution_analysis.methods.diffmask.train_diffmask import (
     train_diffmask,
     validate,
 )
+from attribution_analysis.methods.registry import parse_method_list
 from attribution_analysis.methods.result import AttributionResult
 from attribution_analysis.reporting.html_report import write_report
 from attribution_analysis.reporting.plots import plot_training_history
@@ -134,9 +136,11 @@ def run_analysis(
 ) -> AnalysisResult:
     """The whole analysis; returns the run folder and summary."""
     check_device(config.device)
+    parse_method_list(",".join(config.compare_methods) or "diffmask")  # unknown names fail now
     seed_everything(config.seed)
     run_dir = Path(run_dir) if run_dir else timestamped_dir(resolve_path(config.output_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
+    set_resume_hint(f"rerun the same command with --run_dir {run_dir} to resume")
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
     ws = open_workspace(config, quiet)
     train_ex, val_ex, test_ex = split_examples(ws)

@@ -96,16 +96,18 @@ class AttributionRun:
     # ------------------------------------------------------------------ metrics
     def evaluate(self, margin: float, gold_labels: GoldLabels | None = None) -> dict[str, Any]:
         """Share within the divergence ``margin``, same-decision share, kept share and (when
-        ``gold_labels`` gives labels) plausibility against the gold rationales."""
-        results = self.results
+        ``gold_labels`` gives labels) plausibility against the gold rationales. Examples with
+        no scorable token (nothing to explain) are left out and counted as ``n_unscorable``."""
+        results = [r for r in self.results if r.word_token_index]
         n = len(results)
         if n == 0:
-            return {"n_samples": 0}
+            return {"n_samples": 0, "n_unscorable": len(self.results)}
         within = [r.divergence <= margin for r in results]
         agree = [(r.original_output > 0.5) == (r.masked_output > 0.5) for r in results]
         kept = [s for r in results for s in _scorable_scores(r)]
         summary = {
             "n_samples": n,
+            "n_unscorable": len(self.results) - n,
             "within_margin_share": sum(within) / n,
             "agreement_share": sum(agree) / n,
             "satisfied_share": sum(w and a for w, a in zip(within, agree)) / n,
