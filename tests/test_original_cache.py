@@ -127,3 +127,31 @@ def test_delivered_check_on_a_subset_of_the_batch():
     assert full.step(data.input_ids, data.attention_mask, {}).delivered_within_margin.shape == (8,)
     with pytest.raises(ValueError, match="delivered_check_examples"):
         DIFFMASK(model, delivered_check_examples=0)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_unreadable_checkpoints_give_one_line_and_resume_falls_back(tmp_path, capsys):
+    import pickle
+
+    from attribution_analysis.methods.diffmask.train_diffmask import load_diffmask_checkpoint
+
+    model = _model()
+    train = DataLoader(TASK.generate(32, seed=4), batch_size=16)
+    kwargs = {"output_dir": tmp_path, "quiet": True, "convergence": None}
+    train_diffmask(_diffmask(model), train, n_epochs=2, **kwargs)
+    ckpt = tmp_path / "checkpoints" / "diffmask_epoch_2.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:500])  # truncated by a crash
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps(print))  # code that safe loading must not run
+    for path in (ckpt, text, evil):
+        with pytest.raises(ValueError, match="not a readable DIFFMASK checkpoint") as exc:
+            load_diffmask_checkpoint(path, model)
+        assert "\n" not in str(exc.value) and str(path) in str(exc.value)
+    capsys.readouterr()
+    history = train_diffmask(_diffmask(model), train, n_epochs=2, **{**kwargs, "quiet": False})
+    out = capsys.readouterr().out
+    assert "trying the previous epoch" in out and "diffmask_epoch_1.pt" in out
+    assert [e["epoch"] for e in history.epochs] == [1, 2]
+    load_diffmask_checkpoint(ckpt, model)  # epoch 2 written again, readable

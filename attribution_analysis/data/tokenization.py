@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from attribution_analysis.data.mind import NewsRecord
-from attribution_analysis.utils.io import atomic_torch_save
+from attribution_analysis.utils.io import UnreadableFileError, atomic_torch_save, load_torch_file
 
 PAD_NEWS_INDEX = 0
 CACHE_VERSION = 1
@@ -108,8 +108,11 @@ def build_token_table(
     if cache_dir is not None:
         cache_path = Path(cache_dir) / f"tokens_{_cache_key(news, tokenizer, max_title_len)}.pt"
         if cache_path.is_file():
-            blob = torch.load(cache_path, weights_only=True)
-            return TokenTable(blob["news_ids"], blob["input_ids"], blob["attention_mask"])
+            try:
+                blob = load_torch_file(cache_path, "token cache")
+                return TokenTable(blob["news_ids"], blob["input_ids"], blob["attention_mask"])
+            except (UnreadableFileError, KeyError, TypeError) as exc:
+                print(f"[data] {exc}: rebuilding it")
     news_ids = sorted(news)
     table = _tokenize(news_ids, [news[n].title for n in news_ids], tokenizer, max_title_len)
     if cache_path is not None:

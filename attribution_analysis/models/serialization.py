@@ -107,7 +107,13 @@ def load_recommender(path: str | Path, model_config: ModelConfig | None = None) 
                 f"{path}: checkpoint was made for another model config (differs in {diff})"
             )
     model = build_nrms(saved, int(meta["vocab_size"]))
-    state = load_file(str(Path(path) / "model.safetensors"))
+    weights = Path(path) / "model.safetensors"
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # safetensors raises SafetensorError on a truncated file
+        raise ConfigError(
+            f"{weights}: not a readable safetensors file ({type(exc).__name__}: {exc})"
+        ) from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(

@@ -23,7 +23,7 @@ from attribution_analysis.models.pretrained import load_tokenizer
 from attribution_analysis.models.ranking_metrics import mind_metrics
 from attribution_analysis.models.serialization import build_nrms, save_recommender
 from attribution_analysis.utils.devices import make_accelerator, seed_everything
-from attribution_analysis.utils.io import atomic_torch_save, atomic_write_json
+from attribution_analysis.utils.io import atomic_torch_save, atomic_write_json, load_torch_file
 from attribution_analysis.utils.modes import eval_mode
 
 
@@ -137,7 +137,7 @@ def train_recommender(
     start_epoch, best, history = 0, {"auc": -math.inf}, []
     latest = _latest_checkpoint(ckpt_dir)
     if latest is not None:
-        state = torch.load(latest, weights_only=True, map_location="cpu")
+        state = load_torch_file(latest, "recommender training checkpoint")
         raw.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -67,3 +67,26 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
 def timestamped_dir(root: str | os.PathLike, prefix: str = "run") -> Path:
     """``<root>/<prefix>_<YYYYmmdd_HHMMSS>`` (not created): the name of a new run folder."""
     return Path(root) / f"{prefix}_{datetime.now().strftime('%Y%m%d_%H%M%S')}"
+
+
+class UnreadableFileError(ValueError):
+    """A file that exists but cannot be read back (truncated, corrupt, or refused by safe
+    loading)."""
+
+
+def load_torch_file(path: str | os.PathLike, what: str) -> Any:
+    """``torch.load(path, weights_only=True, map_location="cpu")``; a truncated, corrupt or
+    unsafe file raises :class:`UnreadableFileError` naming the file and the reason in one line
+    (safe loading never runs pickled code)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UnreadableFileError(
+            f"{path}: not a readable {what} ({type(exc).__name__}: {reason})"
+        ) from None

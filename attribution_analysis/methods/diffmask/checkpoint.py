@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from attribution_analysis.methods.diffmask.diffmask import DIFFMASK
 from attribution_analysis.methods.explained_model import ExplainedModel, make_adapter
+from attribution_analysis.utils.io import UnreadableFileError, load_torch_file
 
 CHECKPOINT_FORMAT = "diffmask/2"
 """Version 2: unbounded probe logits with a LayerNorm on the probe input (version 1 bounded them
@@ -46,9 +46,7 @@ def checkpoint_blob(
 def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict at ``path`` (safe loading), refusing other files with the reason."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"DIFFMASK checkpoint not found: {path}")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = load_torch_file(path, "DIFFMASK checkpoint")
     if isinstance(blob, dict) and blob.get("format") == "diffmask/1":
         raise ValueError(
             f"{path}: a DIFFMASK checkpoint of format diffmask/1 (tanh-bounded probe), which "
@@ -102,11 +100,25 @@ def rebind_diffmask(diffmask: DIFFMASK, model: nn.Module | ExplainedModel) -> DI
     return _from_settings(model, diffmask.settings, diffmask.state_dict())
 
 
+def epoch_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """``diffmask_epoch_<N>.pt`` files of a run folder, oldest first."""
+    return sorted(ckpt_dir.glob("diffmask_epoch_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+
+
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    found = sorted(
-        ckpt_dir.glob("diffmask_epoch_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1])
-    )
+    found = epoch_checkpoints(ckpt_dir)
     return found[-1] if found else None
+
+
+def latest_readable_checkpoint(ckpt_dir: Path) -> tuple[Path, dict] | None:
+    """The newest epoch checkpoint that can be read, with its contents; an unreadable one (e.g.
+    truncated by a crash) is reported and the previous epoch is used instead."""
+    for path in reversed(epoch_checkpoints(ckpt_dir)):
+        try:
+            return path, read_checkpoint(path)
+        except UnreadableFileError as exc:
+            print(f"[diffmask] WARNING: {exc}; trying the previous epoch")
+    return None
 
 
 def check_same_settings(saved: dict, current: dict, path: Path) -> None:

@@ -36,6 +36,7 @@ from attribution_analysis.methods.diffmask.checkpoint import (
     check_same_settings,
     checkpoint_blob,
     latest_checkpoint,
+    latest_readable_checkpoint,
     load_diffmask_checkpoint,
     read_checkpoint,
     rebind_diffmask,
@@ -257,9 +258,9 @@ def train_diffmask(
     )
     gen = torch.Generator(device="cpu").manual_seed(seed)
     history, start = TrainingHistory(run_dir=run_dir), 0
-    latest = latest_checkpoint(ckpt_dir) if resume and save_checkpoints else None
-    if latest is not None:
-        blob = read_checkpoint(latest)
+    found = latest_readable_checkpoint(ckpt_dir) if resume and save_checkpoints else None
+    if found is not None:
+        latest, blob = found
         check_compatible(blob, model, latest)
         check_same_settings(blob["settings"], diffmask.settings, latest)
         history = _restore(diffmask, optimizers, scheduler, gen, blob, ckpt_dir)
