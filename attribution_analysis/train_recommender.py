@@ -14,7 +14,7 @@ import sys
 
 from attribution_analysis.app.cli import run_cli
 from attribution_analysis.config import RecommenderConfig, load_config
-from attribution_analysis.data.loading import load_mind_data
+from attribution_analysis.data.loading import ensure_synthetic, load_mind_data
 from attribution_analysis.models.pretrained import load_tokenizer
 from attribution_analysis.models.ranking_metrics import write_predictions
 from attribution_analysis.models.serialization import load_recommender
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(config: RecommenderConfig, quiet: bool = False) -> dict:
     """Train, reload the best model, evaluate dev and write predictions; returns the metrics."""
     tokenizer = load_tokenizer(config.model)
+    ensure_synthetic(config.data)
     data = load_mind_data(config.data, tokenizer)
     result = train_recommender(config, data, quiet=quiet)
     model = load_recommender(result.best_dir, config.model)

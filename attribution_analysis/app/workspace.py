@@ -17,7 +17,7 @@ from attribution_analysis.config import (
     resolve_path,
 )
 from attribution_analysis.data.explanation_set import ExplanationSet, select_examples
-from attribution_analysis.data.loading import MindData, load_mind_data
+from attribution_analysis.data.loading import MindData, ensure_synthetic, load_mind_data
 from attribution_analysis.methods.diffmask import DIFFMASK
 from attribution_analysis.models.inference import encode_news_table
 from attribution_analysis.models.nrms import NRMS
@@ -87,8 +87,12 @@ def ensure_recommender(config: AttributionConfig, rec: RecommenderConfig, quiet:
 
 
 def open_workspace(config: AttributionConfig, quiet: bool = False) -> Workspace:
-    """Load data, tokenizer and the recommender (training it if needed); encode all news."""
+    """The workspace, in explicit steps, each said on screen when it does work: (1) generate
+    the synthetic corpus when its folders are missing and the data config allows it; (2) train
+    the recommender when its folder is missing and ``train_recommender_if_missing`` allows it;
+    (3) load data, tokenizer and recommender; (4) encode every news item once."""
     rec = recommender_config(config)
+    ensure_synthetic(rec.data)
     path = ensure_recommender(config, rec, quiet)
     tokenizer = load_tokenizer(rec.model)
     data = load_mind_data(rec.data, tokenizer)

@@ -54,7 +54,9 @@ def read_rationales(path: str | Path) -> dict[str, list[str]]:
 
 
 def ensure_synthetic(config: DataConfig) -> None:
-    """Generate the default synthetic corpus when the configured folders are missing."""
+    """Generate the synthetic corpus into the configured folders when they hold no data and
+    ``generate_synthetic_if_missing`` allows it (said on screen). An explicit step of the
+    commands, never a side effect of :func:`load_mind_data`."""
     train = resolve_path(config.train_dir)
     if (train / "behaviors.tsv").is_file() or not config.generate_synthetic_if_missing:
         return
@@ -68,8 +70,8 @@ def ensure_synthetic(config: DataConfig) -> None:
 
 
 def load_mind_data(config: DataConfig, tokenizer) -> MindData:
-    """Read both splits (and ``extra_news_dirs``) and build the cached token table."""
-    ensure_synthetic(config)
+    """Read both splits (and ``extra_news_dirs``) and build the cached token table. Only
+    reads: missing files are an error (see :func:`ensure_synthetic`)."""
     stats = ReadStats()
     dirs = [resolve_path(d) for d in (config.train_dir, config.dev_dir, *config.extra_news_dirs)]
     news = read_news(split_news_paths(dirs), strict=config.strict, stats=stats)

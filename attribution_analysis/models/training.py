@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from attribution_analysis.config import RecommenderConfig, resolve_path, to_dict
 from attribution_analysis.data.datasets import ClickSamples, collate_clicks
-from attribution_analysis.data.loading import MindData, load_mind_data
+from attribution_analysis.data.loading import MindData, ensure_synthetic, load_mind_data
 from attribution_analysis.data.tokenization import TokenTable
 from attribution_analysis.models.inference import score_impressions
 from attribution_analysis.models.nrms import NRMS
@@ -123,7 +123,9 @@ def train_recommender(
     seed_everything(tc.seed)
     accelerator = make_accelerator(tc.device, tc.mixed_precision)
     tokenizer = load_tokenizer(config.model)
-    data = data or load_mind_data(config.data, tokenizer)
+    if data is None:
+        ensure_synthetic(config.data)
+        data = load_mind_data(config.data, tokenizer)
     run_dir = Path(run_dir) if run_dir else resolve_path(tc.output_dir) / (tc.run_name or "default")
     ckpt_dir, best_dir = run_dir / "checkpoints", run_dir / "best"
     atomic_write_json(run_dir / "config.json", to_dict(config))

@@ -85,9 +85,6 @@ class TrainingHistory:
         }
 
 
-# ---------------------------------------------------------------------- checkpoints
-
-
 # ---------------------------------------------------------------------- training
 def training_settings(config: DiffMaskTrainingConfig | None = None, **overrides):
     """``config`` (default: the library's) with single fields replaced by ``overrides``."""
@@ -391,9 +388,6 @@ def _report_convergence(
             f"[diffmask] WARNING: stopped at the epoch cap ({n_epochs}) without converging: "
             f"{status.describe()}. Raise n_epochs to train further (the run resumes)."
         )
-
-
-# ---------------------------------------------------------------------- extraction
 
 
 __all__ = [
