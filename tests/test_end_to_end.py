@@ -155,3 +155,15 @@ def test_report_renders_in_chromium(trained_run):
         browser.save_screenshot(str(out / "end_to_end_report.png"))
     finally:
         browser.quit()
+
+
+def test_refused_resume_leaves_the_run_folder_untouched(trained_run, workdir, monkeypatch, capsys):
+    monkeypatch.chdir(workdir)
+    run = workdir / "refused"
+    shutil.copytree(trained_run, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    args = ["--n_epochs", "2", "--n_samples", "12", "--constraint_margin", "0.3"]
+    assert _run([*args, "--run_dir", str(run)]) == 2  # other DIFFMASK settings
+    assert "other DIFFMASK settings" in capsys.readouterr().err
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before

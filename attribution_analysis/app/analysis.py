@@ -29,6 +29,7 @@ from attribution_analysis.evaluation.word_statistics import (
     top_words_rule,
 )
 from attribution_analysis.methods.diffmask import DIFFMASK
+from attribution_analysis.methods.diffmask.checkpoint import check_resumable
 from attribution_analysis.methods.diffmask.train_diffmask import (
     extract_attributions_diffmask,
     load_diffmask_checkpoint,
@@ -139,9 +140,6 @@ def run_analysis(
     parse_method_list(",".join(config.compare_methods) or "diffmask")  # unknown names fail now
     seed_everything(config.seed)
     run_dir = Path(run_dir) if run_dir else timestamped_dir(resolve_path(config.output_dir))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    set_resume_hint(f"rerun the same command with --run_dir {run_dir} to resume")
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
     ws = open_workspace(config, quiet)
     train_ex, val_ex, test_ex = split_examples(ws)
     if checkpoint:
@@ -150,6 +148,11 @@ def run_analysis(
             print(f"[diffmask] loaded {checkpoint}")
     else:
         diffmask = ws.build_diffmask()
+    if not skip_training:
+        check_resumable(run_dir / "checkpoints", diffmask)  # before anything is written there
+    # the run folder is written only now, once the inputs are known to be valid
+    set_resume_hint(f"rerun the same command with --run_dir {run_dir} to resume")
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
     plots: dict[str, Path] = {}
     training = {"trained": False}
     if not skip_training:

@@ -121,6 +121,16 @@ def latest_readable_checkpoint(ckpt_dir: Path) -> tuple[Path, dict] | None:
     return None
 
 
+def check_resumable(ckpt_dir: Path, diffmask: DIFFMASK) -> None:
+    """Refuse, before anything is written, a run folder whose checkpoints were made for another
+    model or with other DIFFMASK settings (a folder without checkpoints is fine)."""
+    found = latest_readable_checkpoint(ckpt_dir)
+    if found is not None:
+        path, blob = found
+        check_compatible(blob, diffmask.adapter, path)
+        check_same_settings(blob["settings"], diffmask.settings, path)
+
+
 def check_same_settings(saved: dict, current: dict, path: Path) -> None:
     """Resuming continues the same run: refuse a run folder trained with other settings."""
     keys = sorted((set(saved) | set(current)) - {"baseline_used"})
