@@ -294,3 +294,9 @@ def test_stats_shared_across_files_summary(tmp_path: Path) -> None:
     assert stats.summary() == (
         "2 row(s) skipped: wrong number of columns; 1 unknown history id(s) dropped"
     )
+
+
+def test_behaviors_candidate_listed_twice_with_both_labels(tmp_path: Path, news) -> None:
+    path = write_lines(tmp_path / "behaviors.tsv", [behaviors_line("1", [], "N1-1 N2-0 N1-0")])
+    with pytest.raises(DataError, match=r"behaviors.tsv:1: candidate 'N1' listed twice"):
+        read_behaviors(path, news)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -320,3 +321,16 @@ def test_cli_unknown_key_returns_2_and_lists_valid_keys(corpus, tmp_path, capsys
 def test_cli_missing_config_returns_2(tmp_path, capsys) -> None:
     assert cli.main(["--config", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_training_without_any_click_is_a_clear_error(corpus, cache_dir, tmp_path) -> None:
+    from attribution_analysis.data.mind import DataError
+
+    config = make_config(corpus, cache_dir, model=tiny_config(fine_tune_layers=0))
+    data = load_mind_data(config.data, tiny_tokenizer())
+    no_clicks = [
+        dataclasses.replace(imp, labels=tuple(0 for _ in imp.labels)) for imp in data.train
+    ]
+    data = dataclasses.replace(data, train=no_clicks)
+    with pytest.raises(DataError, match="no clicked candidate"):
+        train_recommender(config, data, tmp_path / "run", quiet=True)

@@ -157,12 +157,19 @@ def _parse_candidates(
     if not all(has_labels):
         return tuple(items), None
     ids, labels = [], []
+    seen: dict[str, str] = {}
     for item in items:
         news_id, _, label = item.rpartition("-")
         if label not in ("0", "1"):
             raise DataError(
                 f"{where}: label must be 0 or 1, found {label!r} in {item!r}", "label not 0/1"
             )
+        if seen.get(news_id, label) != label:
+            raise DataError(
+                f"{where}: candidate {news_id!r} listed twice with labels 0 and 1",
+                "contradictory labels",
+            )
+        seen[news_id] = label
         ids.append(news_id)
         labels.append(int(label))
     return tuple(ids), tuple(labels)

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from attribution_analysis.config import RecommenderConfig, resolve_path, to_dict
 from attribution_analysis.data.datasets import ClickSamples, collate_clicks
 from attribution_analysis.data.loading import MindData, ensure_synthetic, load_mind_data
+from attribution_analysis.data.mind import DataError
 from attribution_analysis.data.tokenization import TokenTable
 from attribution_analysis.models.inference import score_impressions
 from attribution_analysis.models.nrms import NRMS
@@ -102,8 +103,10 @@ def evaluate_split(
     scores = score_impressions(
         model, impressions, data.table, config.data.max_history, config.train.eval_batch_size
     )
+    if not impressions:
+        raise DataError(f"the {split} split has no impression: nothing to evaluate on")
     labelled = [(imp.labels, s) for imp, s in zip(impressions, scores) if imp.labels is not None]
-    return mind_metrics(labelled), scores
+    return mind_metrics(labelled), scores  # unlabelled: NaN metrics (written as null)
 
 
 def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -152,6 +155,11 @@ def train_recommender(
     samples = ClickSamples(
         data.train, data.table, config.data.npratio, config.data.max_history, tc.seed
     )
+    if len(samples) == 0:
+        raise DataError(
+            f"{resolve_path(config.data.train_dir) / 'behaviors.tsv'}: no clicked candidate "
+            f"({len(data.train)} impressions): nothing to train the recommender on"
+        )
     for epoch in range(start_epoch, tc.epochs):
         torch.manual_seed(tc.seed * 1000 + epoch)  # dropout depends on the epoch only: resumable
         samples.set_epoch(epoch)
