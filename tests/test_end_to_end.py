@@ -143,7 +143,7 @@ def test_report_renders_in_chromium(trained_run):
         browser.get((trained_run / "report.html").as_uri())
         text = browser.find_element(By.TAG_NAME, "body").text
         rows = [json.loads(line) for line in (trained_run / "attributions.jsonl").open()]
-        assert rows[0]["news_id"] in text
+        assert rows[0]["ids"]["news_id"] in text
         with (trained_run / "top_words.csv").open() as handle:
             top = [r["word"] for r in csv.DictReader(handle)]
         if top:
