@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from attribution_analysis import comparison
+from attribution_analysis.app import comparison
 from attribution_analysis.app.analysis import train_for_workspace
 from attribution_analysis.app.comparison import (
     SANITY_DIR,
