@@ -31,5 +31,10 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no") -> Accel
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
+    """Seed Python, NumPy and torch (all devices) and use torch's deterministic kernels where
+    it has them: on the CPU some backward passes (e.g. accumulating into indexed rows)
+    otherwise sum in a thread-dependent order, which made two runs of the same command differ
+    by about 1e-5 in the recommender's weights. ``warn_only``: an operation without a
+    deterministic kernel warns instead of failing."""
     set_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
