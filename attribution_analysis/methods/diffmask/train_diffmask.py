@@ -106,11 +106,7 @@ def training_settings(config: DiffMaskTrainingConfig | None = None, **overrides)
 def _optimizers(diffmask: DIFFMASK, lr_probe: float, lr_baseline: float, lr_lambda: float):
     opts = {
         "probe": torch.optim.Adam(diffmask.probe.parameters(), lr=lr_probe),
-        "lambda": (
-            torch.optim.SGD
-            if __import__("os").environ.get("DM_DUAL") == "sgd"
-            else torch.optim.Adam
-        )([diffmask.lagrange_multiplier], lr=lr_lambda, maximize=True),
+        "lambda": torch.optim.Adam([diffmask.lagrange_multiplier], lr=lr_lambda, maximize=True),
     }
     if diffmask.baseline.requires_grad:
         opts["baseline"] = torch.optim.Adam([diffmask.baseline], lr=lr_baseline)
