@@ -26,6 +26,7 @@ class DiffMaskMethod(AttributionMethod):
         diffmask: a trained DIFFMASK; alternatively ``checkpoint``, a checkpoint path loaded with
             ``load_diffmask_checkpoint`` (which checks it was made for ``model``).
         readout: overrides ``diffmask.settings["readout"]``.
+        word_aggregation: how piece scores merge into word scores (default ``max``).
         special_token_ids, pad_token_id, mask_token_id: the token ids every method takes; the
             DIFFMASK holds its own, and ids given here must agree with them.
 
@@ -45,6 +46,7 @@ class DiffMaskMethod(AttributionMethod):
         special_token_ids: Sequence[int] | None = None,
         pad_token_id: int | None = None,
         mask_token_id: int | None = None,
+        word_aggregation: str | None = None,
     ) -> None:
         diffmask = self._resolve(model, diffmask, checkpoint)
         s = diffmask.settings
@@ -61,6 +63,7 @@ class DiffMaskMethod(AttributionMethod):
             raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         self.diffmask = diffmask
         self.readout = readout or diffmask.settings["readout"]
+        self.word_aggregation = word_aggregation or type(self).word_aggregation
 
     @staticmethod
     def _resolve(model, diffmask, checkpoint) -> DIFFMASK:

@@ -27,8 +27,7 @@ def extract_attributions_diffmask(
     """Attribute up to ``n_samples`` examples from ``loader`` with ``diffmask`` (scores, the
     original and masked outputs and the divergence); see ``extract_attributions``."""
     diffmask.to(device)
-    method = DiffMaskMethod(diffmask=diffmask)
-    method.word_aggregation = word_aggregation
+    method = DiffMaskMethod(diffmask=diffmask, word_aggregation=word_aggregation)
     return extract_attributions(
         method, loader, n_samples, device, tokenizer, output_path, return_results, quiet
     )
