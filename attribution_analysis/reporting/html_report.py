@@ -43,9 +43,11 @@ def _script_hash(script: str) -> str:
     return f"'sha256-{base64.b64encode(digest).decode('ascii')}'"
 
 
+_JS = _asset("report.js")
+_CSS = _asset("report.css")
 CSP = (
     "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
-    f"script-src {_script_hash(_asset('report.js'))}; base-uri 'none'; form-action 'none'"
+    f"script-src {_script_hash(_JS)}; base-uri 'none'; form-action 'none'"
 )
 """Only the report's own script may run (allowed by its hash); styles may be inline (heat-map
 colours are style attributes), which cannot run code."""
@@ -420,10 +422,6 @@ def _samples_section(samples: Sequence[Mapping[str, Any]], score_scale: str) -> 
 # ---------------------------------------------------------------------------------------------
 # Page
 # ---------------------------------------------------------------------------------------------
-
-
-_JS = _asset("report.js")
-_CSS = _asset("report.css")
 
 
 def _nav(has_comparison: bool) -> str:
