@@ -91,6 +91,7 @@ class TrainConfig:
     output_dir: str = "output/recommender"
     run_name: str | None = None
     max_dev_impressions: int | None = None
+    lower_cache: str = "auto"
 
 
 @dataclass
@@ -274,11 +275,16 @@ def _share(v: Any) -> bool:
     return 0 < v <= 1
 
 
+LOWER_CACHE_MODES = ("auto", "float32", "float16", "bfloat16", "disk", "off")
+"""How the recommender keeps its frozen-bottom cache (``models/lower_cache.py``)."""
+
+
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "positive_int": (_positive_int, "must be an integer >= 1"),
     "non_negative": (_non_negative, "must be >= 0"),
     "positive": (_positive, "must be a finite number > 0"),
     "share": (_share, "must be in (0, 1]"),
+    "lower_cache": (LOWER_CACHE_MODES.__contains__, f"must be one of {LOWER_CACHE_MODES}"),
 }
 VALUE_RULES: dict[type, dict[str, str]] = {
     DataConfig: {"max_title_len": "positive_int", "max_history": "non_negative",
@@ -288,7 +294,7 @@ VALUE_RULES: dict[type, dict[str, str]] = {
                   "eval_batch_size": "positive_int", "lr": "positive", "encoder_lr": "positive",
                   "weight_decay": "non_negative", "warmup_steps": "non_negative",
                   "max_steps_per_epoch": "positive_int", "grad_clip": "positive",
-                  "max_dev_impressions": "positive_int"},
+                  "max_dev_impressions": "positive_int", "lower_cache": "lower_cache"},
     ProbeConfig: {"num_probe_layers": "positive_int", "probe_hidden_dim": "positive_int"},
     GateConfig: {"temperature": "positive", "stretch": "non_negative",
                  "mask_layer": "non_negative"},

@@ -14,6 +14,7 @@ from attribution_analysis.data.datasets import ImpressionSet, collate_impression
 from attribution_analysis.data.mind import Impression
 from attribution_analysis.data.tokenization import TokenTable
 from attribution_analysis.models.nrms import NRMS
+from attribution_analysis.utils.distributed import gather_rows
 from attribution_analysis.utils.modes import eval_mode
 
 
@@ -23,18 +24,25 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 @torch.no_grad()
 def encode_news_table(
-    model: NRMS, table: TokenTable, batch_size: int = 256, quiet: bool = True
+    model: NRMS, table: TokenTable, batch_size: int = 256, quiet: bool = True, accelerator=None
 ) -> torch.Tensor:
-    """News vectors of every row of ``table``: ``[num_rows, dim]`` (on the model's device)."""
+    """News vectors of every row of ``table``: ``[num_rows, dim]`` (on the model's device);
+    with several processes each encodes a contiguous share and all get the whole table."""
     device = _model_device(model)
-    out = []
-    starts = range(0, len(table), batch_size)
-    with eval_mode(model):
-        for start in tqdm(starts, desc="encode news", disable=quiet, leave=False):
-            rows = torch.arange(start, min(start + batch_size, len(table)))
-            ids, mask = table.rows(rows)
-            out.append(model.news_encoder(ids.to(device), mask.to(device)).vectors.float())
-    return torch.cat(out)
+
+    def encode(start: int, end: int) -> torch.Tensor:
+        out = [torch.zeros(0, model.dim, device=device)]
+        bar = tqdm(total=end - start, desc="encode news", disable=quiet, leave=False, unit="news")
+        with eval_mode(model):
+            for s in range(start, end, batch_size):
+                rows = torch.arange(s, min(s + batch_size, end))
+                ids, mask = table.rows(rows)
+                out.append(model.news_encoder(ids.to(device), mask.to(device)).vectors.float())
+                bar.update(len(rows))
+        bar.close()
+        return torch.cat(out)
+
+    return gather_rows(accelerator, len(table), encode)
 
 
 @torch.no_grad()
@@ -55,10 +63,13 @@ def score_impressions(
     batch_size: int = 256,
     news_vectors: torch.Tensor | None = None,
     quiet: bool = True,
+    accelerator=None,
 ) -> list[np.ndarray]:
-    """Click scores of every candidate of every impression (in the impression's order)."""
+    """Click scores of every candidate of every impression (in the impression's order);
+    ``accelerator`` shares the encoding of the news table across processes (the impressions
+    are this process's own)."""
     if news_vectors is None:
-        news_vectors = encode_news_table(model, table, batch_size, quiet)
+        news_vectors = encode_news_table(model, table, batch_size, quiet, accelerator)
     loader = DataLoader(
         ImpressionSet(impressions, table, max_history),
         batch_size=batch_size,
@@ -66,7 +77,7 @@ def score_impressions(
     )
     scores: list[np.ndarray] = []
     with eval_mode(model):
-        for batch in tqdm(loader, desc="score", disable=quiet, leave=False):
+        for batch in tqdm(loader, desc="score impressions", disable=quiet, leave=False):
             user = user_vectors(model, news_vectors, batch["history"], batch["history_mask"])
             cand = news_vectors[batch["candidates"].to(news_vectors.device)]
             s = model.score(user, cand).cpu().numpy()

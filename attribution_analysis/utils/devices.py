@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 
 VALID_DEVICES = ("auto", "cpu", "cuda")
 VALID_PRECISION = ("no", "fp16", "bf16")
@@ -21,13 +21,20 @@ def check_device(device: str) -> str:
 
 
 def make_accelerator(device: str = "auto", mixed_precision: str = "no") -> Accelerator:
-    """An :class:`accelerate.Accelerator` for ``device`` (auto, cpu, cuda) and precision."""
+    """An :class:`accelerate.Accelerator` for ``device`` (auto, cpu, cuda) and precision.
+
+    Prepared loaders split each batch across the processes (``split_batches``): a configured
+    batch size is the global batch, whatever the number of processes."""
     check_device(device)
     if mixed_precision not in VALID_PRECISION:
         raise ValueError(
             f"mixed_precision must be one of {VALID_PRECISION}, got {mixed_precision!r}"
         )
-    return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
+    return Accelerator(
+        cpu=device == "cpu",
+        mixed_precision=mixed_precision,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
 
 
 def seed_everything(seed: int) -> None:
