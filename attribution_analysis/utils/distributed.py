@@ -66,3 +66,22 @@ def gather_interleaved(results: list[Any], n_items: int, accelerator) -> list[An
     for r, part in enumerate(per_rank):
         ordered[r::n_procs] = part
     return ordered
+
+
+def average_gradients(accelerator, params: Sequence[torch.Tensor]) -> None:
+    """Replace each parameter's gradient by its mean over the processes (in place)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            p.grad = accelerator.reduce(p.grad.contiguous(), reduction="mean")
+
+
+def mean_over_processes(accelerator, values: dict[str, float]) -> dict[str, float]:
+    """Each float of ``values`` averaged over the processes (one collective call)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    t = accelerator.reduce(t.to(accelerator.device), reduction="mean").cpu()
+    return {k: float(v) for k, v in zip(keys, t.tolist())}

@@ -23,13 +23,23 @@ def extract_attributions_diffmask(
     return_results: bool = True,
     word_aggregation: str = "max",
     quiet: bool = False,
+    accelerator=None,
 ) -> list[AttributionResult]:
     """Attribute up to ``n_samples`` examples from ``loader`` with ``diffmask`` (scores, the
-    original and masked outputs and the divergence); see ``extract_attributions``."""
+    original and masked outputs and the divergence); see ``extract_attributions`` (which also
+    says how ``accelerator`` shares the batches across processes)."""
     diffmask.to(device)
     method = DiffMaskMethod(diffmask=diffmask, word_aggregation=word_aggregation)
     return extract_attributions(
-        method, loader, n_samples, device, tokenizer, output_path, return_results, quiet
+        method,
+        loader,
+        n_samples,
+        device,
+        tokenizer,
+        output_path,
+        return_results,
+        quiet,
+        accelerator,
     )
 
 

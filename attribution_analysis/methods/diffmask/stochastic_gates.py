@@ -115,14 +115,16 @@ class HardConcrete:
         Gradients flow to ``log_alpha`` wherever the sample lies strictly inside ``(0, 1)``.
 
         Args:
-            generator: optional random generator (must live on ``log_alpha``'s device).
+            generator: optional random generator on any device: the noise is drawn on the
+                generator's device and moved to ``log_alpha``'s, so a CPU generator gives the
+                same samples whether the gates live on the CPU or a GPU.
         """
         dtype = _compute_dtype(self.log_alpha.dtype)
         log_alpha = self.log_alpha.to(dtype)
         eps = torch.finfo(dtype).eps
-        u = torch.rand(
-            log_alpha.shape, generator=generator, dtype=dtype, device=log_alpha.device
-        ).clamp(eps, 1.0 - eps)
+        where = generator.device if generator is not None else log_alpha.device
+        u = torch.rand(log_alpha.shape, generator=generator, dtype=dtype, device=where)
+        u = u.to(log_alpha.device).clamp(eps, 1.0 - eps)
         logistic = torch.log(u) - torch.log1p(-u)
         s = torch.sigmoid((logistic + log_alpha) / self.temperature)
         return self._clamp(self._stretch(s)).to(self.log_alpha.dtype)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from attribution_analysis.config import DiffMaskTrainingConfig
@@ -50,6 +51,7 @@ from attribution_analysis.methods.diffmask.diffmask import DIFFMASK
 from attribution_analysis.methods.diffmask.extraction import extract_attributions_diffmask
 from attribution_analysis.methods.diffmask.original_cache import OriginalPassCache
 from attribution_analysis.utils.devices import make_accelerator, seed_everything
+from attribution_analysis.utils.distributed import average_gradients, mean_over_processes
 from attribution_analysis.utils.io import atomic_torch_save, atomic_write, timestamped_dir
 from attribution_analysis.utils.modes import eval_mode, frozen
 
@@ -128,12 +130,19 @@ def original_pass(diffmask: DIFFMASK, batch: dict, ids, mask, ctx, cache: Origin
 
 @torch.no_grad()
 def validate(
-    diffmask: DIFFMASK, loader: Iterable, device, cache: OriginalPassCache | None = None
+    diffmask: DIFFMASK,
+    loader: Iterable,
+    device,
+    cache: OriginalPassCache | None = None,
+    accelerator=None,
 ) -> dict:
     """Deterministic-gate metrics over ``loader``: mean L0 (kept share), divergence, share
     within the margin, share with the same decision, share satisfying both. ``cache`` keeps
-    the model's original passes for the next call."""
-    sums = {"l0": 0.0, "divergence": 0.0, "within_margin": 0.0, "agreement": 0.0, "satisfied": 0.0}
+    the model's original passes for the next call. With several processes (``accelerator``
+    and a loader it prepared) the per-example values of all processes are gathered (without
+    the examples repeated to even out the last batch), so every process gets the same means."""
+    keys = ("l0", "divergence", "within_margin", "agreement", "satisfied")
+    sums = dict.fromkeys(keys, 0.0)
     n = 0
     with eval_mode(diffmask):
         for batch in loader:
@@ -141,12 +150,14 @@ def validate(
             ctx = diffmask.adapter.prepare_context(ctx)
             original = original_pass(diffmask, batch, ids, mask, ctx, cache)
             s = diffmask.step(ids, mask, ctx, original=original)
-            sums["l0"] += s.l0.sum().item()
-            sums["divergence"] += s.divergence.sum().item()
-            sums["within_margin"] += s.within_margin.sum().item()
-            sums["agreement"] += s.agreement.sum().item()
-            sums["satisfied"] += (s.within_margin & s.agreement).sum().item()
-            n += len(ids)
+            values = torch.stack(
+                [s.l0, s.divergence, s.within_margin, s.agreement, s.within_margin & s.agreement]
+            ).float()  # [5, batch]
+            if accelerator is not None and accelerator.num_processes > 1:
+                values = accelerator.gather_for_metrics(values.T.contiguous()).T
+            for key, row in zip(keys, values.sum(-1).tolist()):
+                sums[key] += row
+            n += values.shape[1]
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
@@ -164,6 +175,7 @@ def _train_step(diffmask, batch, device, optimizers, scheduler, grad_clip, gen, 
     loss.backward()
     diffmask.lagrange_multiplier.grad = diffmask.dual_signal(step).reshape(()).detach()
     params = [p for g in ("probe", "baseline") if g in optimizers for p in _params(optimizers[g])]
+    average_gradients(accelerator, [*params, diffmask.lagrange_multiplier])
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
     for opt in optimizers.values():
         opt.step()
@@ -178,7 +190,7 @@ def _train_step(diffmask, batch, device, optimizers, scheduler, grad_clip, gen, 
     }
     if step.delivered_within_margin is not None:
         out["delivered_within_margin"] = step.delivered_within_margin.float().mean().item()
-    return out
+    return mean_over_processes(accelerator, out)
 
 
 def _params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -233,6 +245,13 @@ def train_diffmask(
     Resumes from the latest ``diffmask_epoch_<N>.pt`` in ``output_dir/checkpoints`` when
     ``resume`` is true; the result equals an uninterrupted run (seeded, CPU). Returns the
     :class:`TrainingHistory`; ``diffmask`` ends in eval mode holding the selected checkpoint.
+
+    Under ``accelerate launch`` / ``torchrun`` with N processes, ``DataLoader`` inputs are
+    prepared by ``accelerate`` (each global batch split across the processes), gradients and
+    the dual signal are averaged over the processes before every update (so all processes hold
+    the same DIFFMASK), metrics are means over all examples, and only the main process prints
+    and writes files. Each process draws its own gate noise, so a 2-process run follows another
+    (equally valid) random path than a 1-process run.
     """
     t = training_settings(config, **overrides)
     n_epochs, convergence = t.n_epochs, t.convergence
@@ -240,6 +259,10 @@ def train_diffmask(
     seed_everything(seed)
     accelerator = make_accelerator(device, mixed_precision)
     device_t = accelerator.device
+    main = accelerator.is_main_process
+    quiet = quiet or not main
+    train_loader = _prepared(train_loader, accelerator)
+    val_loader = _prepared(val_loader, accelerator) if val_loader is not None else None
     run_dir = Path(output_dir) if output_dir else timestamped_dir("output/diffmask")
     ckpt_dir = run_dir / "checkpoints"
     model = diffmask.adapter.model
@@ -258,7 +281,10 @@ def train_diffmask(
         check_same_settings(blob["settings"], diffmask.settings, latest)
         history = _restore(diffmask, optimizers, scheduler, gen, blob, ckpt_dir)
         history.run_dir, start = run_dir, blob["epoch"]
-        print(f"[diffmask] resumed from {latest}")
+        if not quiet:
+            print(f"[diffmask] resumed from {latest}")
+    if accelerator.process_index > 0:  # own gate noise per process (process 0: as one process)
+        gen.manual_seed(seed + 7907 * accelerator.process_index + 104729 * start)
     best_l0 = min(
         (e["val_l0"] for e in history.epochs if e.get("epoch") == history.best_epoch),
         default=math.inf,
@@ -316,7 +342,7 @@ def train_diffmask(
             for key in keys:
                 summary[key] = sum(r[key] for r in rows) / max(len(rows), 1)
             if val_loader is not None:
-                val = validate(diffmask, val_loader, device_t, val_cache)
+                val = validate(diffmask, val_loader, device_t, val_cache, accelerator)
                 summary.update({f"val_{k}": v for k, v in val.items()})
                 if val["within_margin"] >= target_within_margin and val["l0"] < best_l0:
                     best_l0, history.best_epoch = val["l0"], epoch
@@ -342,12 +368,14 @@ def train_diffmask(
                 path = ckpt_dir / f"diffmask_epoch_{epoch}.pt"
                 if history.best_epoch == epoch:
                     history.best_checkpoint = ckpt_dir / "best.pt"
-                blob = checkpoint_blob(
-                    diffmask, fingerprint, optimizers, scheduler, epoch, history, gen
-                )
-                atomic_torch_save(path, blob)
-                if history.best_epoch == epoch:
-                    atomic_torch_save(ckpt_dir / "best.pt", blob)
+                if main:
+                    blob = checkpoint_blob(
+                        diffmask, fingerprint, optimizers, scheduler, epoch, history, gen
+                    )
+                    atomic_torch_save(path, blob)
+                    if history.best_epoch == epoch:
+                        atomic_torch_save(ckpt_dir / "best.pt", blob)
+                accelerator.wait_for_everyone()
     _report_convergence(history, convergence, n_epochs, quiet)
     if history.best_checkpoint is not None and history.best_checkpoint.is_file():
         diffmask.load_state_dict(read_checkpoint(history.best_checkpoint)["state"])
@@ -358,13 +386,25 @@ def train_diffmask(
             f"[diffmask] no epoch reached a validation share of {target_within_margin:.0%} "
             "satisfied examples: keeping the last epoch"
         )
-    if save_checkpoints:
+    if save_checkpoints and main:
         atomic_write(
             run_dir / "training_history.json",
             lambda p: p.write_text(json.dumps(history.to_dict(), indent=1)),
         )
     diffmask.eval()
     return history
+
+
+def _prepared(loader: Iterable, accelerator) -> Iterable:
+    """``loader`` sharded across processes by ``accelerate`` (unchanged with one process)."""
+    if accelerator.num_processes == 1:
+        return loader
+    if not isinstance(loader, DataLoader):
+        raise TypeError(
+            f"training on {accelerator.num_processes} processes needs torch DataLoaders (to "
+            f"shard them), got {type(loader).__name__}"
+        )
+    return accelerator.prepare_data_loader(loader)
 
 
 def _report_convergence(
