@@ -340,3 +340,25 @@ def test_sequence_classifier_adapter(tmp_path):
     loaded = load_diffmask_checkpoint(tmp_path / "checkpoints" / "diffmask_epoch_2.pt", clf)
     torch.testing.assert_close(loaded.get_attributions(ids, mask), scores)
     assert json.loads((tmp_path / "training_history.json").read_text())["epochs"]
+
+
+def test_attributions_read_the_same_hidden_states_as_the_full_forward(setup):
+    """``get_attributions`` skips the recommender's head and user vector: the PLM states it
+    reads equal those of the full forward, and its scores equal the explanation's."""
+    dm = _diffmask(setup).eval()
+    batch = next(iter(_loader(setup, 8)))
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    ctx = {"history_emb": batch["history_emb"], "history_mask": batch["history_mask"]}
+    adapter = dm.adapter
+    words = adapter.embed(ids)
+    with torch.no_grad():
+        full = adapter.forward(words, mask, ctx, output_hidden_states=True).hidden_states
+        fast = adapter.hidden_states(words, mask, ctx)
+    assert len(fast) == len(full) == adapter.num_layers + 1
+    for a, b in zip(fast, full):
+        assert torch.equal(a, b)
+    explained = dm.explain(ids, mask, ctx)
+    scores = dm.get_attributions(ids, mask, **ctx)
+    for i, r in enumerate(explained):
+        n = int(mask[i].sum())
+        assert r.token_scores == pytest.approx(scores[i, :n].tolist(), abs=1e-6)

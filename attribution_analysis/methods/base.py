@@ -45,17 +45,23 @@ def build_results(
     pieces merged into words over ``scorable`` tokens; ``per_example`` values (lists of length
     ``batch``) go into each result's metadata; ``original``/``masked``/``divergence`` are
     ``[batch]`` tensors when known."""
+    # one device-to-host copy per tensor and batch, not one per example
+    lengths = attention_mask.sum(-1).tolist()
+    all_ids, all_scores = input_ids.tolist(), scores.float().tolist()
+    all_scorable = scorable.tolist()
+    outputs = [None if t is None else t.float().tolist() for t in (original, masked, divergence)]
     results = []
-    for i in range(len(input_ids)):
-        n = int(attention_mask[i].sum())
-        token_ids = input_ids[i, :n].tolist()
+    for i, n in enumerate(lengths):
+        n = int(n)
+        token_ids = all_ids[i][:n]
         tokens = (
             tokenizer.convert_ids_to_tokens(token_ids) if tokenizer else [str(t) for t in token_ids]
         )
-        token_scores = scores[i, :n].tolist()
+        token_scores = all_scores[i][:n]
         words, word_scores, index = merge_subwords(
-            tokens, token_scores, scorable[i, :n].tolist(), word_aggregation
+            tokens, token_scores, all_scorable[i][:n], word_aggregation
         )
+        orig, mask_out, div = (None if o is None else o[i] for o in outputs)
         results.append(
             AttributionResult(
                 method=method,
@@ -64,9 +70,9 @@ def build_results(
                 words=words,
                 word_scores=word_scores,
                 word_token_index=index,
-                original_output=None if original is None else float(original[i]),
-                masked_output=None if masked is None else float(masked[i]),
-                divergence=None if divergence is None else float(divergence[i]),
+                original_output=orig,
+                masked_output=mask_out,
+                divergence=div,
                 ids=(ids[i] if ids else {}),
                 metadata={**meta, **{k: v[i] for k, v in (per_example or {}).items()}},
             )

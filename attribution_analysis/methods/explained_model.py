@@ -102,6 +102,14 @@ class ExplainedModel(ABC):
         """Precompute what stays fixed for a batch (called once per batch)."""
         return context
 
+    def hidden_states(
+        self, word_embeddings: torch.Tensor, attention_mask: torch.Tensor, context: Context
+    ) -> tuple[torch.Tensor, ...]:
+        """The hidden states of :meth:`forward` (embedding output + every layer, each ``[batch,
+        tokens, hidden]``) without needing its output: adapters may skip the model's head."""
+        out = self.forward(word_embeddings, attention_mask, context, output_hidden_states=True)
+        return out.hidden_states
+
     @abstractmethod
     def divergence(
         self, original: torch.Tensor, masked: torch.Tensor, context: Context, kind: str
@@ -231,6 +239,10 @@ class NewsRecommenderAdapter(ExplainedModel):
         )
         score = self.nrms.score(context["user"], enc.vectors)
         return ModelOutput(score, enc.hidden_states, enc.token_weights)
+
+    def hidden_states(self, word_embeddings, attention_mask, context):
+        """The PLM's states only: no news-encoder head, no user vector."""
+        return self.nrms.news_encoder.plm_states(word_embeddings, attention_mask)
 
     def _impression_logits(self, score: torch.Tensor, context: Context):
         others = torch.einsum("bd,bnd->bn", context["user"], context["other_emb"])

@@ -184,6 +184,16 @@ class NewsEncoder(nn.Module):
         vectors, weights = self.pool_tokens(hidden, attention_mask)
         return NewsEncoderOutput(vectors, weights, tuple(collect) if collect else None)
 
+    def plm_states(
+        self, word_embeddings: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """The PLM's embedding output and every layer's output (each ``[batch, tokens,
+        hidden]``), as :meth:`forward_from_word_embeddings` collects them, without the head."""
+        hidden = self.plm.embeddings(inputs_embeds=word_embeddings)
+        collect = [hidden]
+        self.run_layers(hidden, attention_mask, 0, self.num_layers, collect)
+        return tuple(collect)
+
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs
     ) -> NewsEncoderOutput:

@@ -134,7 +134,7 @@ def train_recommender(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
-        if not quiet:
+        if main:
             print(f"[train] resumed from {latest} (epoch {state['epoch'] + 1} done)")
 
     lower_path = run_dir / "lower_cache.npy"

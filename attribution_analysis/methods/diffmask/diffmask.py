@@ -438,7 +438,8 @@ class DIFFMASK(nn.Module):
     ) -> torch.Tensor:
         """Per-token attributions ``[batch, tokens]`` (0 on padding and special tokens).
 
-        One forward pass of the explained model (its hidden states) plus the probe.
+        One forward pass of the explained model up to its hidden states (for the recommender:
+        the PLM only, neither the news encoder's head nor the user vector) plus the probe.
         ``history_emb [batch, history, dim]`` (and ``history_mask``) are the recommender's
         context; omit them for a classifier.
         """
@@ -449,9 +450,9 @@ class DIFFMASK(nn.Module):
         adapter = self.adapter
         with eval_mode(adapter.model):  # dropout off: attributions are deterministic
             words = adapter.embed(input_ids)
-            out = adapter.forward(words, attention_mask, ctx, output_hidden_states=True)
+            hidden = adapter.hidden_states(words, attention_mask, ctx)
         scorable = self.scorable_mask(input_ids, attention_mask)
-        return self._readout(self._log_alpha(out.hidden_states), scorable, readout)
+        return self._readout(self._log_alpha(hidden), scorable, readout)
 
     def _log_alpha(self, hidden_states) -> torch.Tensor:
         """Gate locations of every voting probe ``[n_probes, batch, tokens]``."""

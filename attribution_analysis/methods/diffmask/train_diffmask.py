@@ -281,7 +281,7 @@ def train_diffmask(
         check_same_settings(blob["settings"], diffmask.settings, latest)
         history = _restore(diffmask, optimizers, scheduler, gen, blob, ckpt_dir)
         history.run_dir, start = run_dir, blob["epoch"]
-        if not quiet:
+        if main:
             print(f"[diffmask] resumed from {latest}")
     if accelerator.process_index > 0:  # own gate noise per process (process 0: as one process)
         gen.manual_seed(seed + 7907 * accelerator.process_index + 104729 * start)
