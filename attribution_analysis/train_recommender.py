@@ -5,6 +5,11 @@
 Writes ``<output_dir>/<run_name>/``: ``config.json``, ``checkpoints/epoch_<N>.pt`` (resume by
 rerunning), ``best/`` (``model.safetensors`` + ``config.json``), ``history.json``,
 ``metrics.json`` and ``prediction.txt`` (``impid [rank,...]`` for the dev split).
+
+Several processes (GPUs, or CPU processes with gloo) share training and dev scoring::
+
+    torchrun --nproc_per_node 2 -m attribution_analysis.train_recommender --config ...
+    accelerate launch --multi_gpu --num_processes 4 -m attribution_analysis.train_recommender ...
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from attribution_analysis.models.pretrained import load_tokenizer
 from attribution_analysis.models.ranking_metrics import write_predictions
 from attribution_analysis.models.serialization import load_recommender
 from attribution_analysis.models.training import evaluate_split, train_recommender
+from attribution_analysis.utils.devices import make_accelerator
 from attribution_analysis.utils.io import atomic_write_json
 
 
@@ -43,22 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(config: RecommenderConfig, quiet: bool = False) -> dict:
-    """Train, reload the best model, evaluate dev and write predictions; returns the metrics."""
+    """Train, reload the best model, evaluate dev and write predictions; returns the metrics.
+
+    Under ``torchrun`` / ``accelerate launch`` training and dev scoring are shared across the
+    processes; the main process alone writes files and prints."""
+    accelerator = make_accelerator(config.train.device, config.train.mixed_precision)
+    main = accelerator.is_main_process
     tokenizer = load_tokenizer(config.model)
-    ensure_synthetic(config.data)
+    if main:
+        ensure_synthetic(config.data)
+    accelerator.wait_for_everyone()
     data = load_mind_data(config.data, tokenizer)
     result = train_recommender(config, data, quiet=quiet)
-    model = load_recommender(result.best_dir, config.model)
-    metrics, scores = evaluate_split(model, data, "dev", config)
-    write_predictions(
-        result.run_dir / "prediction.txt", [imp.impression_id for imp in data.dev], scores
-    )
+    model = load_recommender(result.best_dir, config.model).to(accelerator.device)
+    metrics, scores = evaluate_split(model, data, "dev", config, accelerator=accelerator)
     summary = {
         "dev": metrics,
         "train_seconds": result.seconds,
         "best_epoch": result.best_metrics.get("epoch"),
         "data": data.stats.summary(),
+        "processes": accelerator.num_processes,
     }
+    if not main:
+        return summary
+    write_predictions(
+        result.run_dir / "prediction.txt", [imp.impression_id for imp in data.dev], scores
+    )
     atomic_write_json(result.run_dir / "metrics.json", summary)
     print(f"[data] {data.stats.summary()}")
     print(

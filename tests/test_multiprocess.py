@@ -111,3 +111,29 @@ def test_extraction_file_is_written_once_in_loader_order(runs):
         json.loads(x)["ids"] for x in (runs / "p2" / "attributions.jsonl").read_text().splitlines()
     ]
     assert ids2 == ids1
+
+
+@pytest.mark.slow
+def test_analysis_command_on_two_processes(tmp_path):
+    """``analyze_diffmask`` under ``torchrun`` (2 CPU processes): the recommender, DIFFMASK,
+    extraction and comparison run sharded; one run folder, written once, complete."""
+    import shutil
+
+    for rel in ("configs/attribution/tiny_test.yaml", "configs/recommender/tiny_test.yaml"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, tmp_path / rel)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29507", str(ROOT / "attribution_analysis" / "analyze_diffmask.py"),
+           "--config", "configs/attribution/tiny_test.yaml", "--n_epochs", "1",
+           "--n_samples", "12", "--quiet"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    (run,) = (tmp_path / "output/test_tiny/diffmask").glob("run_*")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["training"]["epochs"] == 1
+    assert len((run / "attributions.jsonl").read_text().splitlines()) == 12
+    for name in ("report.html", "top_words.csv", "comparison/comparison.json", "config.yaml"):
+        assert (run / name).is_file(), name
+    assert done.stdout.count("[result] run folder:") == 1  # printed by the main process only
+    assert not list(run.rglob("*.tmp"))

@@ -40,7 +40,8 @@ from attribution_analysis.methods.registry import parse_method_list
 from attribution_analysis.methods.result import AttributionResult
 from attribution_analysis.reporting.html_report import write_report
 from attribution_analysis.reporting.plots import plot_training_history
-from attribution_analysis.utils.devices import check_device, seed_everything
+from attribution_analysis.utils.devices import check_device, make_accelerator, seed_everything
+from attribution_analysis.utils.distributed import same_on_all, wait
 from attribution_analysis.utils.io import atomic_write_json, atomic_write_text, timestamped_dir
 
 HISTORY_SHOWN = 5
@@ -97,7 +98,8 @@ def train_for_workspace(
     diffmask = diffmask or ws.build_diffmask()
     train_ex, val_ex, _ = split_examples(ws)
     history = _train(ws, diffmask, run_dir, train_ex, val_ex, quiet)
-    _write_history(history, run_dir)
+    if ws.is_main:
+        _write_history(history, run_dir)
     return diffmask
 
 
@@ -135,12 +137,21 @@ def run_analysis(
     run_dir: str | Path | None = None,
     quiet: bool = False,
 ) -> AnalysisResult:
-    """The whole analysis; returns the run folder and summary."""
+    """The whole analysis; returns the run folder and summary.
+
+    Under ``torchrun`` / ``accelerate launch`` every stage with data to share runs sharded
+    (recommender training if needed, news encoding, DIFFMASK training, extraction, the method
+    comparison and the retrained sanity check); the main process alone writes and prints, in
+    the run folder it named."""
     check_device(config.device)
     parse_method_list(",".join(config.compare_methods) or "diffmask")  # unknown names fail now
     seed_everything(config.seed)
+    accelerator = make_accelerator(config.device, config.mixed_precision)
+    main = accelerator.is_main_process
+    quiet = quiet or not main
     run_dir = Path(run_dir) if run_dir else timestamped_dir(resolve_path(config.output_dir))
-    ws = open_workspace(config, quiet)
+    run_dir = Path(same_on_all(str(run_dir), accelerator))
+    ws = open_workspace(config, quiet, accelerator)
     train_ex, val_ex, test_ex = split_examples(ws)
     if checkpoint:
         diffmask = load_diffmask_checkpoint(checkpoint, ws.model)
@@ -152,12 +163,13 @@ def run_analysis(
         check_resumable(run_dir / "checkpoints", diffmask)  # before anything is written there
     # the run folder is written only now, once the inputs are known to be valid
     set_resume_hint(f"rerun the same command with --run_dir {run_dir} to resume")
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+    if main:
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
     plots: dict[str, Path] = {}
     training = {"trained": False}
     if not skip_training:
         history = _train(ws, diffmask, run_dir, train_ex, val_ex, quiet)
-        plots = _write_history(history, run_dir)
+        plots = _write_history(history, run_dir) if main else {}
         training = {
             "trained": True,
             "epochs": len(history.epochs),
@@ -165,23 +177,26 @@ def run_analysis(
             "converged": history.converged,
             "convergence": history.convergence,
         }
-    val = validate(diffmask, ws.loader(val_ex), next(diffmask.parameters()).device)
+    device = next(diffmask.parameters()).device
+    val = validate(diffmask, ws.loader(val_ex), device)
     results = extract_attributions_diffmask(
         diffmask,
         ws.loader(test_ex),
         config.n_samples,
-        device=str(next(diffmask.parameters()).device),
+        device=str(device),
         tokenizer=ws.tokenizer,
         quiet=quiet,
+        accelerator=accelerator,
     )
     run = annotate(ws, results, config.split)
-    run.save(run_dir / "attributions.jsonl")
-    atomic_write_text(
-        run_dir / "top_words_per_sample.csv",
-        _csv_text(run.top_words_per_sample(config.top_k), list(PER_SAMPLE_FIELDS)),
-    )
     overall = run.top_words(config.top_k)
-    atomic_write_text(run_dir / "top_words.csv", _csv_text(overall, list(TOP_WORD_FIELDS)))
+    if main:
+        run.save(run_dir / "attributions.jsonl")
+        atomic_write_text(
+            run_dir / "top_words_per_sample.csv",
+            _csv_text(run.top_words_per_sample(config.top_k), list(PER_SAMPLE_FIELDS)),
+        )
+        atomic_write_text(run_dir / "top_words.csv", _csv_text(overall, list(TOP_WORD_FIELDS)))
     comparison, comparison_plots, rows = None, None, None
     if any(m != "diffmask" for m in config.compare_methods):
         names = list(dict.fromkeys(["diffmask", *config.compare_methods]))
@@ -200,7 +215,18 @@ def run_analysis(
         "checkpoint": checkpoint,
         "run_dir": str(run_dir),
         "comparison": rows,
+        "processes": accelerator.num_processes,
     }
+    if main:
+        _write_outputs(run_dir, config, diffmask, training, summary, run, overall, plots,
+                       comparison, comparison_plots)  # fmt: skip
+    wait(accelerator)
+    return AnalysisResult(run_dir, summary, run, comparison)
+
+
+def _write_outputs(run_dir, config, diffmask, training, summary, run, overall, plots, comparison,
+                   comparison_plots) -> None:  # fmt: skip
+    """``summary.json``, ``report.html`` and the printed summary (main process)."""
     atomic_write_json(run_dir / "summary.json", summary)
     write_report(
         run_dir / "report.html",
@@ -220,7 +246,6 @@ def run_analysis(
         comparison_plots=comparison_plots,
     )
     _print_summary(run_dir, summary["test"], overall)
-    return AnalysisResult(run_dir, summary, run, comparison)
 
 
 def _training_line(training: dict) -> str:

@@ -138,7 +138,7 @@ def _retrained_sanity(ws: Workspace, diffmask, factory, batches, out_dir, quiet)
             run_dir = Path(out_dir) / SANITY_DIR
         else:
             run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        if not quiet:
+        if not quiet and ws.is_main:
             print(f"[sanity] retraining DIFFMASK on the randomised model in {run_dir}")
 
         def retrained(model):
@@ -178,6 +178,7 @@ def run_comparison(
         baseline_embedding=diffmask.baseline.detach() if diffmask is not None else None,
         device=device,
         quiet=quiet,
+        accelerator=ws.accelerator,
     )
     rows = comparison_table(evals, seed=ws.config.seed)
     sanity_examples = test[:SANITY_EXAMPLES]
@@ -201,6 +202,8 @@ def run_comparison(
             "`sanity_spearman_retrained` retrains them from scratch on the randomised model "
             f"(same examples, settings and training; run folder `{SANITY_DIR}/`).\n"
         )
+    if not ws.is_main:
+        return rows
     atomic_write_text(out_dir / "comparison.md", table + note)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     buffer = io.StringIO()

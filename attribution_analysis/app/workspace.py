@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -24,6 +25,7 @@ from attribution_analysis.models.nrms import NRMS
 from attribution_analysis.models.pretrained import load_tokenizer
 from attribution_analysis.models.serialization import load_recommender
 from attribution_analysis.models.training import train_recommender
+from attribution_analysis.utils.distributed import is_main, wait
 
 
 @dataclass
@@ -36,6 +38,13 @@ class Workspace:
     tokenizer: object
     data: MindData
     news_vectors: torch.Tensor
+    accelerator: Any = None
+    """The ``accelerate.Accelerator`` of a multi-process run (``None``: one process)."""
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files and prints."""
+        return is_main(self.accelerator)
 
     def explanation_set(self, examples) -> ExplanationSet:
         return ExplanationSet(
@@ -66,8 +75,11 @@ def recommender_config(config: AttributionConfig) -> RecommenderConfig:
     return load_config(RecommenderConfig, resolve_path(config.model_config))
 
 
-def ensure_recommender(config: AttributionConfig, rec: RecommenderConfig, quiet: bool) -> Path:
-    """The trained recommender folder; trains it first when missing and allowed."""
+def ensure_recommender(
+    config: AttributionConfig, rec: RecommenderConfig, quiet: bool, accelerator=None
+) -> Path:
+    """The trained recommender folder; trains it first when missing and allowed (all the
+    processes of ``accelerator`` take part)."""
     path = resolve_path(config.checkpoint)
     if (path / "model.safetensors").is_file():
         return path
@@ -81,24 +93,32 @@ def ensure_recommender(config: AttributionConfig, rec: RecommenderConfig, quiet:
             f"recommender checkpoint not found: {path}; to train it here, name a folder "
             "ending in /best"
         )
-    print(f"[recommender] {path} not found: training the recommender first")  # even if quiet
+    if is_main(accelerator):
+        print(f"[recommender] {path} not found: training the recommender first")  # even if quiet
     train_recommender(rec, run_dir=path.parent, quiet=quiet)
     return path
 
 
-def open_workspace(config: AttributionConfig, quiet: bool = False) -> Workspace:
+def open_workspace(config: AttributionConfig, quiet: bool = False, accelerator=None) -> Workspace:
     """The workspace, in explicit steps, each said on screen when it does work: (1) generate
     the synthetic corpus when its folders are missing and the data config allows it; (2) train
     the recommender when its folder is missing and ``train_recommender_if_missing`` allows it;
-    (3) load data, tokenizer and recommender; (4) encode every news item once."""
+    (3) load data, tokenizer and recommender; (4) encode every news item once (shared across
+    the processes of ``accelerator``)."""
     rec = recommender_config(config)
-    ensure_synthetic(rec.data)
-    path = ensure_recommender(config, rec, quiet)
+    if is_main(accelerator):
+        ensure_synthetic(rec.data)
+    wait(accelerator)
+    path = ensure_recommender(config, rec, quiet, accelerator)
     tokenizer = load_tokenizer(rec.model)
     data = load_mind_data(rec.data, tokenizer)
     model = load_recommender(path, rec.model)
-    news_vectors = encode_news_table(model, data.table, rec.train.eval_batch_size)
-    return Workspace(config, rec, model, tokenizer, data, news_vectors)
+    if accelerator is not None:
+        model.to(accelerator.device)
+    news_vectors = encode_news_table(
+        model, data.table, rec.train.eval_batch_size, accelerator=accelerator
+    )
+    return Workspace(config, rec, model, tokenizer, data, news_vectors, accelerator)
 
 
 def split_examples(ws: Workspace) -> tuple[list, list, list]:

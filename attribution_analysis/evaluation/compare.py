@@ -54,6 +54,13 @@ class MethodEvaluation:
     def add(self, key: str, value: float) -> None:
         self.values.setdefault(key, []).append(float(value))
 
+    def extend(self, other: MethodEvaluation) -> None:
+        """Append ``other``'s examples after this one's (same method)."""
+        for key, values in other.values.items():
+            self.values.setdefault(key, []).extend(values)
+        self.deletion.extend(other.deletion)
+        self.insertion.extend(other.insertion)
+
 
 def _kendall(scores: np.ndarray, effects: np.ndarray) -> float:
     if len(scores) < 2 or np.all(scores == scores[0]) or np.all(effects == effects[0]):
@@ -93,6 +100,7 @@ def evaluate_methods(
     baseline_embedding: torch.Tensor | None = None,
     device: str | torch.device = "cpu",
     quiet: bool = True,
+    accelerator=None,
 ) -> dict[str, MethodEvaluation]:
     """Run every method on every batch and compute per-example metrics.
 
@@ -103,48 +111,78 @@ def evaluate_methods(
     non-clicks, so unsigned methods (DIFFMASK) and signed ones are measured alike. Each example
     also records that ``decision`` (for the recommender +1 for a predicted click, -1 otherwise)
     and ``has_gold`` (1 when ``gold_for`` gave labels), for :func:`subset_evaluation`.
+
+    With several processes (``accelerator``), process ``r`` evaluates batches ``r, r + N, ...``
+    and every process gets all evaluations, in batch order (as with one process).
     """
     from tqdm.auto import tqdm
 
+    from attribution_analysis.utils.distributed import world
+
+    kwargs = dict(removal=removal, mask_token_id=mask_token_id, pad_token_id=pad_token_id,
+                  baseline_embedding=baseline_embedding, device=device)  # fmt: skip
+    rank, n_procs = world(accelerator)
+    evals = {name: MethodEvaluation(name) for name in methods}
+    batches = list(batches)
+    for start in tqdm(range(0, len(batches), n_procs), desc="compare", disable=quiet or rank):
+        round_ = batches[start : start + n_procs]
+        mine = None
+        if rank < len(round_):
+            mine = _evaluate_batch(methods, round_[rank], gold_for, **kwargs)
+        parts = [mine] if n_procs == 1 else _gather_objects(mine, accelerator)
+        for part in parts[: len(round_)]:  # in batch order
+            for name, ev in part.items():
+                evals[name].extend(ev)
+    return evals
+
+
+def _gather_objects(obj, accelerator) -> list:
+    from accelerate.utils import gather_object
+
+    return gather_object([obj])
+
+
+def _evaluate_batch(methods, batch, gold_for, removal, mask_token_id, pad_token_id,
+                    baseline_embedding, device) -> dict[str, MethodEvaluation]:  # fmt: skip
+    """Every method and metric on one batch: ``{method: evaluation of its examples}``."""
     from attribution_analysis.data.batches import split_batch
 
     evals = {name: MethodEvaluation(name) for name in methods}
     adapter = next(iter(methods.values())).adapter
-    for batch in tqdm(list(batches), desc="compare", disable=quiet):
-        ids, mask, ctx, meta = split_batch(batch, device)
-        ctx = adapter.with_decision(ids, mask, adapter.prepare_context(ctx))
-        scores = {}
-        for name, method in methods.items():
-            t0 = time.perf_counter()
-            attr, extra = method.attribute(ids, mask, ctx, return_extras=True)
-            scores[name] = attr.detach().float().cpu()
-            per_example = (time.perf_counter() - t0) / len(ids)
-            for i in range(len(ids)):
-                evals[name].add("seconds_per_example", per_example)
-                if "completeness_error" in extra:
-                    evals[name].add("completeness_error", float(extra["completeness_error"][i]))
-        scorable_all = next(iter(methods.values())).scorable(ids, mask).cpu()
+    ids, mask, ctx, meta = split_batch(batch, device)
+    ctx = adapter.with_decision(ids, mask, adapter.prepare_context(ctx))
+    scores = {}
+    for name, method in methods.items():
+        t0 = time.perf_counter()
+        attr, extra = method.attribute(ids, mask, ctx, return_extras=True)
+        scores[name] = attr.detach().float().cpu()
+        per_example = (time.perf_counter() - t0) / len(ids)
         for i in range(len(ids)):
-            n = int(mask[i].sum())
-            one_ctx = {k: v[i : i + 1] for k, v in ctx.items()}
-            predict = make_predict(
-                adapter,
-                ids[i, :n],
-                mask[i, :n],
-                one_ctx,
-                removal,
-                mask_token_id=mask_token_id,
-                pad_token_id=pad_token_id,
-                baseline_embedding=baseline_embedding,
-            )
-            scorable = scorable_all[i, :n]
-            effects = leave_one_out_effects(predict, scorable).numpy()
-            gold = gold_for(meta[i] if meta else None, ids[i, :n].cpu())
-            decision = float(ctx[adapter.decision_key][i])
-            for name in methods:
-                _example_metrics(evals[name], predict, scores[name][i, :n], scorable, effects, gold)
-                evals[name].add("decision", decision)
-                evals[name].add("has_gold", gold is not None)
+            evals[name].add("seconds_per_example", per_example)
+            if "completeness_error" in extra:
+                evals[name].add("completeness_error", float(extra["completeness_error"][i]))
+    scorable_all = next(iter(methods.values())).scorable(ids, mask).cpu()
+    for i in range(len(ids)):
+        n = int(mask[i].sum())
+        one_ctx = {k: v[i : i + 1] for k, v in ctx.items()}
+        predict = make_predict(
+            adapter,
+            ids[i, :n],
+            mask[i, :n],
+            one_ctx,
+            removal,
+            mask_token_id=mask_token_id,
+            pad_token_id=pad_token_id,
+            baseline_embedding=baseline_embedding,
+        )
+        scorable = scorable_all[i, :n]
+        effects = leave_one_out_effects(predict, scorable).numpy()
+        gold = gold_for(meta[i] if meta else None, ids[i, :n].cpu())
+        decision = float(ctx[adapter.decision_key][i])
+        for name in methods:
+            _example_metrics(evals[name], predict, scores[name][i, :n], scorable, effects, gold)
+            evals[name].add("decision", decision)
+            evals[name].add("has_gold", gold is not None)
     return evals
 
 

@@ -85,3 +85,23 @@ def mean_over_processes(accelerator, values: dict[str, float]) -> dict[str, floa
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
     t = accelerator.reduce(t.to(accelerator.device), reduction="mean").cpu()
     return {k: float(v) for k, v in zip(keys, t.tolist())}
+
+
+def is_main(accelerator) -> bool:
+    """Whether this is the process that writes files and prints (always without one)."""
+    return accelerator is None or accelerator.is_main_process
+
+
+def same_on_all(value: T, accelerator) -> T:
+    """The main process's ``value`` on every process (e.g. a timestamped folder name)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+def wait(accelerator) -> None:
+    """Barrier: every process waits here until all arrive (no-op with one process)."""
+    if accelerator is not None and accelerator.num_processes > 1:
+        accelerator.wait_for_everyone()

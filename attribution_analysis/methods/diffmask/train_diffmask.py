@@ -51,7 +51,11 @@ from attribution_analysis.methods.diffmask.diffmask import DIFFMASK
 from attribution_analysis.methods.diffmask.extraction import extract_attributions_diffmask
 from attribution_analysis.methods.diffmask.original_cache import OriginalPassCache
 from attribution_analysis.utils.devices import make_accelerator, seed_everything
-from attribution_analysis.utils.distributed import average_gradients, mean_over_processes
+from attribution_analysis.utils.distributed import (
+    average_gradients,
+    mean_over_processes,
+    same_on_all,
+)
 from attribution_analysis.utils.io import atomic_torch_save, atomic_write, timestamped_dir
 from attribution_analysis.utils.modes import eval_mode, frozen
 
@@ -264,6 +268,7 @@ def train_diffmask(
     train_loader = _prepared(train_loader, accelerator)
     val_loader = _prepared(val_loader, accelerator) if val_loader is not None else None
     run_dir = Path(output_dir) if output_dir else timestamped_dir("output/diffmask")
+    run_dir = Path(same_on_all(str(run_dir), accelerator))
     ckpt_dir = run_dir / "checkpoints"
     model = diffmask.adapter.model
     diffmask.to(device_t)
