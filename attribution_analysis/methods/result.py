@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,7 @@ class AttributionResult:
     annotations: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """A deep copy of the fields as plain data (``dataclasses.asdict``)."""
         return asdict(self)
 
     @classmethod
@@ -118,7 +120,10 @@ class AttributionResult:
         return cls(**data)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False)
+        """One JSON line; the fields are serialised directly (no deep copy: extraction writes
+        thousands of results a second)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
+        return json.dumps(fields, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> AttributionResult:
