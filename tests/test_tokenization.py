@@ -153,3 +153,13 @@ def test_cache_key_depends_on_tokenizer(tokenizer) -> None:
         all_special_tokens = ["[PAD]"]
 
     assert tokenization._cache_key(news, Other(), 10) != key
+
+
+def test_tokenising_in_chunks_gives_the_same_table(tokenizer, monkeypatch) -> None:
+    news = make_news({f"N{i}": f"title number {i} " * (i % 4 + 1) for i in range(11)})
+    whole = build_token_table(news, tokenizer, max_title_len=12)
+    monkeypatch.setattr(tokenization, "TOKENIZE_CHUNK", 3)
+    chunked = build_token_table(news, tokenizer, max_title_len=12)
+    assert chunked.news_ids == whole.news_ids
+    assert torch.equal(chunked.input_ids, whole.input_ids)
+    assert torch.equal(chunked.attention_mask, whole.attention_mask)

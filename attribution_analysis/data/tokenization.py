@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from attribution_analysis.data.mind import NewsRecord
 from attribution_analysis.utils.io import UnreadableFileError, atomic_torch_save, load_torch_file
@@ -79,20 +80,30 @@ def _cache_key(news: dict[str, NewsRecord], tokenizer, max_len: int) -> str:
     return digest.hexdigest()[:24]
 
 
+TOKENIZE_CHUNK = 8192
+"""Titles tokenised per call; tables of more than :data:`PROGRESS_FROM` titles show a bar."""
+PROGRESS_FROM = 20_000
+
+
 def _tokenize(news_ids: list[str], titles: list[str], tokenizer, max_len: int) -> TokenTable:
-    encoded = tokenizer(
-        ["", *titles],
-        padding="max_length",
-        truncation=True,
-        max_length=max_len,
-        return_tensors="pt",
-        return_token_type_ids=False,
-    )
-    return TokenTable(
-        ["<pad>", *news_ids],
-        encoded["input_ids"].long(),
-        encoded["attention_mask"].long(),
-    )
+    texts = ["", *titles]
+    ids, masks = [], []
+    bar = tqdm(total=len(texts), desc="token table", unit="title",
+               disable=len(texts) <= PROGRESS_FROM)  # fmt: skip
+    for start in range(0, len(texts), TOKENIZE_CHUNK):
+        encoded = tokenizer(
+            texts[start : start + TOKENIZE_CHUNK],
+            padding="max_length",
+            truncation=True,
+            max_length=max_len,
+            return_tensors="pt",
+            return_token_type_ids=False,
+        )
+        ids.append(encoded["input_ids"].long())
+        masks.append(encoded["attention_mask"].long())
+        bar.update(len(encoded["input_ids"]))
+    bar.close()
+    return TokenTable(["<pad>", *news_ids], torch.cat(ids), torch.cat(masks))
 
 
 def build_token_table(
