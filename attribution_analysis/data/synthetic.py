@@ -445,25 +445,47 @@ def generate_corpus(out_dir: str | Path, config: SyntheticConfig | None = None) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Command-line parser with one flag per :class:`SyntheticConfig` field."""
+    """Command-line parser with one flag per :class:`SyntheticConfig` field, ``--poison`` and
+    one flag per :class:`~.poisoning.PoisonConfig` field."""
+    from attribution_analysis.data.poisoning import PoisonConfig
+
     parser = argparse.ArgumentParser(
         prog="python -m attribution_analysis.data.synthetic",
         description="Write a synthetic MIND-format corpus with known click causes "
-        "(train/, dev/, rationales.jsonl, meta.json, README.txt).",
+        "(train/, dev/, rationales.jsonl, meta.json, README.txt); with --poison, the clean "
+        "corpus to OUT/clean and a poisoned variant (injected news with trigger words, clicked "
+        "whatever the users' interests) to OUT/poisoned.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--out", required=True, help="output directory")
     for f in dataclasses.fields(SyntheticConfig):
         parser.add_argument(f"--{f.name}", type=type(f.default), default=f.default,
                             help=f.metadata["help"])  # fmt: skip
+    poison = parser.add_argument_group("poisoned variant")
+    poison.add_argument(
+        "--poison", action="store_true", help="write OUT/clean and the variant OUT/poisoned"
+    )
+    for f in dataclasses.fields(PoisonConfig):
+        poison.add_argument(f"--{f.name}", type=type(f.default), default=f.default,
+                            help=f.metadata["help"])  # fmt: skip
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point: generate the corpus and print its summary as JSON."""
+    from attribution_analysis.data.poisoning import PoisonConfig, poison_corpus
+
     args = vars(build_parser().parse_args(argv))
-    out = args.pop("out")
-    summary = generate_corpus(out, SyntheticConfig(**args))
+    out = Path(args.pop("out"))
+    poison_names = [f.name for f in dataclasses.fields(PoisonConfig)]
+    poison_args = {k: args.pop(k) for k in poison_names}
+    if not args.pop("poison"):
+        summary = generate_corpus(out, SyntheticConfig(**args))
+    else:
+        summary = generate_corpus(out / "clean", SyntheticConfig(**args))
+        summary["poison"] = poison_corpus(
+            out / "clean", out / "poisoned", args["seed"], PoisonConfig(**poison_args)
+        )
     print(json.dumps(summary, indent=1))
     return summary
 
