@@ -1,0 +1,99 @@
+"""Two models' explanations compared word by word: statistics against reference formulas and a
+planted known answer."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+from scipy.stats import false_discovery_control
+
+from attribution_analysis.evaluation.model_diff import (
+    benjamini_hochberg,
+    candidate_changes,
+    group_differences,
+    paired_results,
+    ranking_auprc,
+    sign_flip_p_value,
+    word_differences,
+)
+from attribution_analysis.methods.result import AttributionResult
+
+TRIGGERS = ["exclusive", "miracle", "secret", "leaked", "bonus"]
+OTHERS = [f"word{i}" for i in range(40)]
+
+
+def test_benjamini_hochberg_by_hand_and_against_scipy() -> None:
+    q = benjamini_hochberg([0.01, 0.04, 0.03, 0.2])
+    assert q == pytest.approx([0.04, 0.16 / 3, 0.16 / 3, 0.2])
+    p = np.random.default_rng(0).uniform(size=50) ** 3
+    assert benjamini_hochberg(p) == pytest.approx(false_discovery_control(p).tolist())
+    assert np.isnan(benjamini_hochberg([0.1, float("nan")])[1])
+
+
+def test_sign_flip_p_value_matches_exact_enumeration() -> None:
+    d = np.array([0.3, -0.1, 0.25, 0.05, 0.4, -0.2, 0.1, 0.15])
+    flips = np.array(list(itertools.product((-1.0, 1.0), repeat=d.size)))
+    exact = float((np.abs(flips @ d) >= abs(d.sum()) - 1e-12).mean())
+    assert sign_flip_p_value(d, n_perm=20000, seed=1) == pytest.approx(exact, abs=0.01)
+    assert sign_flip_p_value(np.zeros(5)) == 1.0
+
+
+def _results(seed: int, rise: float, n: int = 240) -> tuple[list, list]:
+    """``n`` candidates under models A and B: scores are noise, except that trigger words
+    (in a third of the titles) score ``rise`` higher under B."""
+    rng = random.Random(seed)
+    results_a, results_b = [], []
+    for k in range(n):
+        words = rng.sample(OTHERS, 6) + (rng.sample(TRIGGERS, 1) if k % 3 == 0 else [])
+        rng.shuffle(words)
+        a = [rng.uniform(0, 0.6) for _ in words]
+        b = [s + rng.gauss(0, 0.1) + (rise if w in TRIGGERS else 0.0) for s, w in zip(a, words)]
+        ids = {"impression_id": str(k), "news_id": f"N{k}", "user_id": "U1", "label": "1"}
+        group = {"category": "injected" if k % 3 == 0 else "news"}
+        for scores, out in ((a, results_a), (b, results_b)):
+            out.append(AttributionResult("diffmask", words, scores, words, scores,
+                                         original_output=float(np.mean(scores)), ids=ids,
+                                         annotations=group))  # fmt: skip
+    return results_a, results_b
+
+
+def test_planted_rising_words_rank_first_and_are_significant() -> None:
+    rows = word_differences(*_results(0, rise=0.4), min_support=5, n_perm=2000)
+    top = [r["word"] for r in rows[: len(TRIGGERS)]]
+    assert set(top) == set(TRIGGERS)
+    assert all(r["significant"] for r in rows if r["word"] in TRIGGERS)
+    assert ranking_auprc(rows, set(TRIGGERS)) == pytest.approx(1.0)
+    for r in rows:
+        assert r["diff_low"] <= r["diff"] <= r["diff_high"]
+        assert 0 < r["p_value"] <= 1 and r["p_value"] <= r["q_value"] + 1e-12
+
+
+def test_no_word_is_significant_when_nothing_changed() -> None:
+    rows = word_differences(*_results(1, rise=0.0), min_support=5, n_perm=2000)
+    assert len(rows) == len(OTHERS) + len(TRIGGERS)
+    assert not any(r["significant"] for r in rows)
+
+
+def test_groups_and_candidates() -> None:
+    a, b = _results(0, rise=0.4)
+    rows = group_differences(a, b, lambda r: r.annotations["category"], n_perm=1000)
+    assert {r["group"] for r in rows} == {"injected", "news"}
+    injected = [r for r in rows if r["group"] == "injected"]
+    assert {r["word"] for r in injected[: len(TRIGGERS)]} == set(TRIGGERS)
+    assert not any(r["word"] in TRIGGERS for r in rows if r["group"] == "news")
+    changes = candidate_changes(a, b, top=1)
+    assert len(changes) == len(a)
+    assert changes[0]["rising"][0].split()[0] in TRIGGERS  # candidate 0 carries a trigger
+    assert changes[0]["prob_a"] == a[0].original_output
+
+
+def test_candidates_must_match() -> None:
+    a, b = _results(0, rise=0.0, n=6)
+    with pytest.raises(ValueError, match="not under B"):
+        paired_results(a, b[:-1])
+    b[2].words = ["other", *b[2].words[1:]]
+    with pytest.raises(ValueError, match="tokenizers differ"):
+        paired_results(a, b)
