@@ -46,6 +46,7 @@ class DataConfig:
     cache_dir: str = "output/cache"
     generate_synthetic_if_missing: bool = True
     synthetic_seed: int = 0
+    synthetic_variant: str = "clean"
 
 
 @dataclass
@@ -259,6 +260,38 @@ class AttributionConfig:
     sanity_retrain: bool = True
 
 
+@dataclass
+class ModelComparisonConfig:
+    """Top-level config of ``python -m attribution_analysis.compare_models``: explain the same
+    candidates with two recommenders (each with its own DIFFMASK) and test which words' roles
+    changed.
+
+    ``model_a``/``model_b``: attribution configs (recommender checkpoint, its config and the
+    DIFFMASK settings; each recommender is trained first when missing and allowed there).
+    ``candidates_from``: whose data (``a`` or ``b``) gives the explained candidates, the same
+    ones for both models. ``group_by``: the ``news.tsv`` column (``category`` or
+    ``subcategory``) that groups candidates, or null. ``known_words``: words expected to rise
+    under model B (default: the trigger words of a poisoned synthetic corpus, read from its
+    ``meta.json``); the summary then says how they rank.
+    """
+
+    model_a: str = "configs/attribution/poison_clean.yaml"
+    model_b: str = "configs/attribution/poison_poisoned.yaml"
+    candidates_from: str = "b"
+    split: str = "dev"
+    n_samples: int = 500
+    seed: int = 0
+    group_by: str | None = "category"
+    min_support: int = 5
+    keep_threshold: float = 0.5
+    fdr: float = 0.05
+    n_boot: int = 1000
+    n_perm: int = 4000
+    top_k: int = 15
+    known_words: list[str] = field(default_factory=list)
+    output_dir: str = "output/compare_models"
+
+
 def _positive_int(v: Any) -> bool:
     return v is None or v >= 1
 
@@ -285,10 +318,16 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "positive": (_positive, "must be a finite number > 0"),
     "share": (_share, "must be in (0, 1]"),
     "lower_cache": (LOWER_CACHE_MODES.__contains__, f"must be one of {LOWER_CACHE_MODES}"),
+    "model": (("a", "b").__contains__, "must be 'a' or 'b'"),
+    "group_column": (
+        (None, "category", "subcategory").__contains__,
+        "must be 'category', 'subcategory' or null",
+    ),
+    "variant": (("clean", "poisoned").__contains__, "must be 'clean' or 'poisoned'"),
 }
 VALUE_RULES: dict[type, dict[str, str]] = {
     DataConfig: {"max_title_len": "positive_int", "max_history": "non_negative",
-                 "npratio": "positive_int"},
+                 "npratio": "positive_int", "synthetic_variant": "variant"},
     ModelConfig: {"fine_tune_layers": "non_negative", "dropout": "non_negative"},
     TrainConfig: {"epochs": "positive_int", "batch_size": "positive_int",
                   "eval_batch_size": "positive_int", "lr": "positive", "encoder_lr": "positive",
@@ -306,6 +345,10 @@ VALUE_RULES: dict[type, dict[str, str]] = {
                              "warmup_steps": "non_negative", "grad_clip": "positive",
                              "target_within_margin": "share"},
     DiffMaskConfig: {"train_examples": "positive_int", "val_examples": "positive_int"},
+    ModelComparisonConfig: {"candidates_from": "model", "group_by": "group_column",
+                            "n_samples": "positive_int", "min_support": "positive_int",
+                            "keep_threshold": "share", "fdr": "share", "n_boot": "positive_int",
+                            "n_perm": "positive_int", "top_k": "positive_int"},
     AttributionConfig: {"n_samples": "positive_int", "batch_size": "positive_int",
                         "top_k": "positive_int", "ig_steps": "positive_int"},
 }  # fmt: skip

@@ -13,6 +13,7 @@ from attribution_analysis.config import (
     ConfigError,
     DataConfig,
     DiffMaskConfig,
+    ModelComparisonConfig,
     ModelConfig,
     RecommenderConfig,
     TrainConfig,
@@ -183,6 +184,7 @@ SHIPPED = sorted((REPO / "configs").rglob("*.yaml")) + sorted((REPO / "configs")
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
 def test_shipped_configs_load(path: Path) -> None:
     cls = AttributionConfig if "attribution" in path.parts else RecommenderConfig
+    cls = ModelComparisonConfig if "compare" in path.parts else cls
     config = load_config(cls, path)
     assert isinstance(config, cls)
     if isinstance(config, AttributionConfig):

@@ -56,7 +56,9 @@ def read_rationales(path: str | Path) -> dict[str, list[str]]:
 def ensure_synthetic(config: DataConfig) -> None:
     """Generate the synthetic corpus into the configured folders when they hold no data and
     ``generate_synthetic_if_missing`` allows it (said on screen). An explicit step of the
-    commands, never a side effect of :func:`load_mind_data`."""
+    commands, never a side effect of :func:`load_mind_data`. With ``synthetic_variant:
+    poisoned`` the folders' parent is the poisoned variant (:mod:`.poisoning`), written beside
+    its clean corpus (``../clean``, generated too when missing)."""
     train = resolve_path(config.train_dir)
     if (train / "behaviors.tsv").is_file() or not config.generate_synthetic_if_missing:
         return
@@ -65,8 +67,19 @@ def ensure_synthetic(config: DataConfig) -> None:
     out = train.parent
     if resolve_path(config.dev_dir).parent != out:
         raise DataError(f"{train}: not found, and dev_dir is not beside it to generate into")
-    print(f"[data] {train} not found: generating the synthetic corpus into {out}")
-    generate_corpus(out, SyntheticConfig(seed=config.synthetic_seed))
+    synthetic = SyntheticConfig(seed=config.synthetic_seed)
+    if config.synthetic_variant == "clean":
+        print(f"[data] {train} not found: generating the synthetic corpus into {out}")
+        generate_corpus(out, synthetic)
+        return
+    from attribution_analysis.data.poisoning import poison_corpus
+
+    clean = out.parent / "clean"
+    if not (clean / "meta.json").is_file():
+        print(f"[data] generating the clean synthetic corpus into {clean}")
+        generate_corpus(clean, synthetic)
+    print(f"[data] {train} not found: writing the poisoned variant of {clean} into {out}")
+    poison_corpus(clean, out, config.synthetic_seed)
 
 
 def load_mind_data(config: DataConfig, tokenizer) -> MindData:

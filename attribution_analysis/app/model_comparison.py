@@ -1,0 +1,220 @@
+"""The run behind ``compare_models``: two recommenders, each with its own DIFFMASK, explain the
+same candidates; per word, per group of candidates and per candidate, what changed.
+
+Run folder (``<output_dir>/run_<YYYYmmdd_HHMMSS>/``, or ``run_dir`` to resume)::
+
+    config.yaml                 the resolved comparison config
+    model_a/, model_b/          per model: diffmask/ (DIFFMASK run: checkpoints, history;
+                                resumed when present) and attributions.jsonl
+    words_diff.csv              one row per word (evaluation/model_diff.py WORD_COLUMNS)
+    groups_diff.csv             the same within each group of candidates
+    candidates.csv              per candidate: click probabilities, rising and falling words
+    summary.json                counts, top rising/falling words, known-word ranks
+    report.html                 side-by-side heat maps, word and group tables
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from attribution_analysis.app.analysis import _csv_text, annotate, train_for_workspace
+from attribution_analysis.app.cli import set_resume_hint
+from attribution_analysis.app.workspace import Workspace, open_workspace, split_examples
+from attribution_analysis.config import (
+    AttributionConfig,
+    ConfigError,
+    ModelComparisonConfig,
+    load_config,
+    resolve_path,
+    to_dict,
+)
+from attribution_analysis.data.explanation_set import select_examples
+from attribution_analysis.data.tokenization import tokenizer_fingerprint
+from attribution_analysis.evaluation.model_diff import (
+    WORD_COLUMNS,
+    candidate_changes,
+    group_differences,
+    ranking_auprc,
+    word_differences,
+)
+from attribution_analysis.methods.diffmask.checkpoint import check_resumable
+from attribution_analysis.methods.diffmask.train_diffmask import extract_attributions_diffmask
+from attribution_analysis.models.inference import encode_news_table
+from attribution_analysis.reporting.model_comparison_report import write_model_comparison_report
+from attribution_analysis.utils.devices import seed_everything
+from attribution_analysis.utils.io import atomic_write_json, atomic_write_text, timestamped_dir
+
+MODELS = ("a", "b")
+GROUP_COLUMNS = ("group", "n_candidates", "prob_a", "prob_b", *WORD_COLUMNS)
+CANDIDATE_COLUMNS = ("impression_id", "user_id", "news_id", "label", "title", "prob_a", "prob_b",
+                     "rising", "falling")  # fmt: skip
+
+
+@dataclass
+class ModelComparisonResult:
+    run_dir: Path
+    summary: dict
+    words: list[dict]
+    groups: list[dict]
+
+
+def _workspaces(config: ModelComparisonConfig, quiet: bool) -> dict[str, Workspace]:
+    paths = {"a": config.model_a, "b": config.model_b}
+    configs = {k: load_config(AttributionConfig, resolve_path(p)) for k, p in paths.items()}
+    spaces = {k: open_workspace(configs[k], quiet) for k in MODELS}
+    prints = {k: tokenizer_fingerprint(ws.tokenizer) for k, ws in spaces.items()}
+    if prints["a"] != prints["b"]:
+        raise ConfigError(
+            "the two recommenders use different tokenizers, so their words cannot be compared "
+            f"({paths['a']}: {spaces['a'].recommender_config.model.encoder}, {paths['b']}: "
+            f"{spaces['b'].recommender_config.model.encoder})"
+        )
+    return spaces
+
+
+def _view(ws: Workspace, data_ws: Workspace) -> Workspace:
+    """Model ``ws`` on the data of ``data_ws`` (its own news vectors of that data)."""
+    if ws is data_ws:
+        return ws
+    vectors = encode_news_table(
+        ws.model, data_ws.data.table, ws.recommender_config.train.eval_batch_size
+    )
+    return Workspace(ws.config, ws.recommender_config, ws.model, ws.tokenizer, data_ws.data,
+                     vectors)  # fmt: skip
+
+
+def _explain(ws: Workspace, view: Workspace, examples, split: str, out: Path, quiet: bool):
+    """Train (or resume) the model's DIFFMASK and explain ``examples``; an AttributionRun."""
+    diffmask = ws.build_diffmask()
+    check_resumable(out / "diffmask" / "checkpoints", diffmask)
+    diffmask = train_for_workspace(ws, out / "diffmask", quiet, diffmask=diffmask)
+    loader = view.loader(examples)
+    device = str(next(diffmask.parameters()).device)
+    results = extract_attributions_diffmask(
+        diffmask, loader, len(examples), device=device, tokenizer=ws.tokenizer, quiet=quiet
+    )
+    run = annotate(view, results, split)
+    run.save(out / "attributions.jsonl")
+    return run
+
+
+def known_words(config: ModelComparisonConfig, data_ws: Workspace) -> list[str]:
+    """``config.known_words``, else the trigger words of a poisoned synthetic corpus."""
+    if config.known_words:
+        return [w.lower() for w in config.known_words]
+    meta = resolve_path(data_ws.recommender_config.data.train_dir).parent / "meta.json"
+    if meta.is_file():
+        poison = json.loads(meta.read_text(encoding="utf-8")).get("poison") or {}
+        return list(poison.get("trigger_words", []))
+    return []
+
+
+def _known_summary(words: list[dict], known: list[str]) -> dict | None:
+    if not known:
+        return None
+    ranks = {r["word"]: i + 1 for i, r in enumerate(words)}
+    present = [w for w in known if w in ranks]
+    return {
+        "words": known,
+        "rank_by_rise": {w: ranks.get(w) for w in known},
+        "all_in_top_10": bool(present) and all(ranks[w] <= 10 for w in present),
+        "significant": {
+            w: next(r["significant"] for r in words if r["word"] == w) for w in present
+        },
+        "auprc": ranking_auprc(words, set(known)) if present else math.nan,
+    }
+
+
+def run_model_comparison(
+    config: ModelComparisonConfig, run_dir: str | Path | None = None, quiet: bool = False
+) -> ModelComparisonResult:
+    """Explain the same candidates with both models and write the comparison (module doc)."""
+    seed_everything(config.seed)
+    run_dir = Path(run_dir) if run_dir else timestamped_dir(resolve_path(config.output_dir))
+    spaces = _workspaces(config, quiet)
+    data_ws = spaces[config.candidates_from]
+    examples = select_examples(data_ws.data.split(config.split), config.n_samples,
+                               seed=config.seed + 1)  # fmt: skip
+    set_resume_hint(f"rerun the same command with --run_dir {run_dir} to resume")
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+    runs = {}
+    for k in MODELS:
+        if not quiet:
+            print(f"[compare] model {k.upper()}: DIFFMASK and {len(examples)} explanations")
+        split_examples(spaces[k])  # its DIFFMASK examples come from its own train split
+        runs[k] = _explain(spaces[k], _view(spaces[k], data_ws), examples, config.split,
+                           run_dir / f"model_{k}", quiet)  # fmt: skip
+    a, b = runs["a"].results, runs["b"].results
+    stats = {
+        "min_support": config.min_support,
+        "keep_threshold": config.keep_threshold,
+        "fdr": config.fdr,
+        "n_boot": config.n_boot,
+        "n_perm": config.n_perm,
+        "seed": config.seed,
+    }
+    words = word_differences(a, b, **stats)
+    groups = []
+    if config.group_by:
+        news = data_ws.data.news
+        groups = group_differences(
+            a, b, lambda r: getattr(news[r.ids["news_id"]], config.group_by), **stats
+        )
+    candidates = candidate_changes(a, b)
+    for row, res in zip(candidates, a):
+        row["title"] = res.annotations.get("title")
+    summary = _summary(config, words, groups, candidates, known_words(config, data_ws), run_dir)
+    _write(run_dir, words, groups, candidates, summary, runs, config)
+    return ModelComparisonResult(run_dir, summary, words, groups)
+
+
+def _summary(config, words, groups, candidates, known, run_dir) -> dict:
+    rising = [r for r in words if r["significant"] and r["diff"] > 0]
+    falling = [r for r in words if r["significant"] and r["diff"] < 0]
+    probs = {k: [c[f"prob_{k}"] for c in candidates if c[f"prob_{k}"] is not None] for k in MODELS}
+    return {
+        "model_a": config.model_a,
+        "model_b": config.model_b,
+        "n_candidates": len(candidates),
+        "n_words_tested": len(words),
+        "mean_prob_a": sum(probs["a"]) / max(len(probs["a"]), 1),
+        "mean_prob_b": sum(probs["b"]) / max(len(probs["b"]), 1),
+        "n_significant_rising": len(rising),
+        "n_significant_falling": len(falling),
+        "top_rising": [r["word"] for r in words[: config.top_k] if r["diff"] > 0],
+        "top_falling": [r["word"] for r in reversed(words[-config.top_k :]) if r["diff"] < 0],
+        "groups": sorted({g["group"] for g in groups}),
+        "known_words": _known_summary(words, known),
+        "fdr": config.fdr,
+        "run_dir": str(run_dir),
+    }
+
+
+def _write(run_dir, words, groups, candidates, summary, runs, config) -> None:
+    atomic_write_text(run_dir / "words_diff.csv", _csv_text(words, list(WORD_COLUMNS)))
+    atomic_write_text(run_dir / "groups_diff.csv", _csv_text(groups, list(GROUP_COLUMNS)))
+    flat = [{**c, "rising": "; ".join(c["rising"]), "falling": "; ".join(c["falling"])}
+            for c in candidates]  # fmt: skip
+    atomic_write_text(run_dir / "candidates.csv", _csv_text(flat, list(CANDIDATE_COLUMNS)))
+    atomic_write_json(run_dir / "summary.json", summary)
+    source = f"model {config.candidates_from.upper()}'s {config.split} split"
+    write_model_comparison_report(
+        run_dir / "report.html",
+        settings={"model A": config.model_a, "model B": config.model_b,
+                  "candidates": f"{summary['n_candidates']} from {source}",
+                  "min support": config.min_support, "FDR": config.fdr},
+        summary=summary,
+        words=words,
+        groups=groups,
+        samples_a=runs["a"].rows(),
+        samples_b=runs["b"].rows(),
+        top_k=config.top_k,
+    )  # fmt: skip
+
+
+__all__ = ["ModelComparisonResult", "known_words", "run_model_comparison"]

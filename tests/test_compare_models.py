@@ -1,0 +1,133 @@
+"""``compare_models`` end to end on tiny recommenders and the poisoned synthetic corpus:
+files, columns, the known words read from the corpus, resumption and the report in Chromium."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from attribution_analysis.app.model_comparison import CANDIDATE_COLUMNS, GROUP_COLUMNS
+from attribution_analysis.compare_models import main
+from attribution_analysis.evaluation.model_diff import WORD_COLUMNS
+from tests.helpers_browser import start_chromium
+
+pytestmark = pytest.mark.slow
+TINY_MODEL = {"encoder": "tiny-random-bert", "num_heads": 2, "head_dim": 8, "query_dim": 16}
+
+
+def _configs(root: Path) -> Path:
+    for variant in ("clean", "poisoned"):
+        rec = {
+            "data": {"train_dir": f"data/poison/{variant}/train",
+                     "dev_dir": f"data/poison/{variant}/dev",
+                     "rationales": f"data/poison/{variant}/rationales.jsonl",
+                     "cache_dir": "output/cache", "max_title_len": 20,
+                     "synthetic_variant": variant},
+            "model": TINY_MODEL,
+            "train": {"epochs": 1, "batch_size": 16, "max_steps_per_epoch": 3, "device": "cpu",
+                      "output_dir": "output/recommender", "run_name": variant},
+        }  # fmt: skip
+        (root / f"rec_{variant}.yaml").write_text(yaml.safe_dump(rec))
+        attr = {
+            "checkpoint": f"output/recommender/{variant}/best",
+            "model_config": f"rec_{variant}.yaml",
+            "batch_size": 16, "device": "cpu",
+            "diffmask": {"probe": {"probe_type": "simple"}, "training": {"n_epochs": 1},
+                         "train_examples": 32, "val_examples": 16},
+        }  # fmt: skip
+        (root / f"attr_{variant}.yaml").write_text(yaml.safe_dump(attr))
+    compare = {"model_a": "attr_clean.yaml", "model_b": "attr_poisoned.yaml",
+               "n_samples": 24, "min_support": 2, "n_boot": 100, "n_perm": 200,
+               "output_dir": "output/compare"}  # fmt: skip
+    (root / "compare.yaml").write_text(yaml.safe_dump(compare))
+    return root / "compare.yaml"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cmp")
+    config = _configs(root)
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    try:
+        assert main(["--config", str(config), "--quiet"]) == 0
+    finally:
+        mp.undo()
+    (folder,) = (root / "output" / "compare").glob("run_*")
+    return root, folder
+
+
+def _csv(path: Path) -> tuple[list[str], list[dict]]:
+    with path.open(encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_run_folder_holds_every_file_with_its_columns(run) -> None:
+    root, folder = run
+    for name in ("config.yaml", "summary.json", "report.html", "model_a/attributions.jsonl",
+                 "model_b/attributions.jsonl", "model_a/diffmask/checkpoints/best.pt"):  # fmt: skip
+        assert (folder / name).is_file(), name
+    header, words = _csv(folder / "words_diff.csv")
+    assert header == list(WORD_COLUMNS) and words
+    assert _csv(folder / "groups_diff.csv")[0] == list(GROUP_COLUMNS)
+    header, candidates = _csv(folder / "candidates.csv")
+    assert header == list(CANDIDATE_COLUMNS) and len(candidates) == 24
+    a = [json.loads(x)["ids"] for x in (folder / "model_a/attributions.jsonl").open()]
+    b = [json.loads(x)["ids"] for x in (folder / "model_b/attributions.jsonl").open()]
+    assert a == b  # the same candidates, in the same order, under both models
+    diffs = [float(w["diff"]) for w in words]
+    assert diffs == sorted(diffs, reverse=True)
+    assert not list(folder.rglob("*.tmp"))
+
+
+def test_known_words_are_the_corpus_trigger_words(run) -> None:
+    root, folder = run
+    summary = json.loads((folder / "summary.json").read_text())
+    meta = json.loads((root / "data/poison/poisoned/meta.json").read_text())
+    known = summary["known_words"]
+    assert known["words"] == meta["poison"]["trigger_words"]
+    assert set(known["rank_by_rise"]) == set(known["words"])
+    assert summary["n_candidates"] == 24 and 0 <= summary["mean_prob_b"] <= 1
+
+
+def test_other_tokenizers_are_refused(run, tmp_path, capsys) -> None:
+    root, _ = run
+    rec = yaml.safe_load((root / "rec_clean.yaml").read_text())
+    rec["model"]["tokenizer"] = "bert-base-cased-missing"
+    (root / "rec_other.yaml").write_text(yaml.safe_dump(rec))
+    attr = yaml.safe_load((root / "attr_clean.yaml").read_text())
+    attr["model_config"] = "rec_other.yaml"
+    (root / "attr_other.yaml").write_text(yaml.safe_dump(attr))
+    cfg = yaml.safe_load((root / "compare.yaml").read_text())
+    cfg["model_b"] = "attr_other.yaml"
+    (root / "other.yaml").write_text(yaml.safe_dump(cfg))
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    try:
+        assert main(["--config", "other.yaml", "--quiet"]) == 2
+    finally:
+        mp.undo()
+    assert "error:" in capsys.readouterr().err
+
+
+def test_report_section_renders_in_chromium(run) -> None:
+    from selenium.webdriver.common.by import By
+
+    _, folder = run
+    browser = start_chromium(folder / "chrome-profile", window="1280,2000")
+    try:
+        browser.get((folder / "report.html").as_uri())
+        section = browser.find_element(By.ID, "model-comparison")
+        pairs = section.find_elements(By.CLASS_NAME, "pair")
+        assert len(pairs) == 24
+        text = pairs[0].text.lower()  # the stylesheet capitalises card headings
+        assert "model a" in text and "model b" in text and "click probability" in text
+        assert "words whose role" in browser.find_element(By.ID, "model-words").text.lower()
+        assert not browser.find_elements(By.TAG_NAME, "script")
+    finally:
+        browser.quit()
