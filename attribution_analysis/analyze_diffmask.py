@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare", help="also run these methods for a comparison table (e.g. ig,random)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return p
 
 
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             quiet=args.quiet,
         )
 
-    return run_cli(go, "analyze_diffmask")
+    return run_cli(go, "analyze_diffmask", debug=args.debug)
 
 
 if __name__ == "__main__":

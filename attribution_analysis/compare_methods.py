@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", help="parent folder of the compare_<timestamp> folder")
     p.add_argument("--seed", type=int, help="seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return p
 
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         run_comparison(ws, names, diffmask, out_dir, args.removal, args.quiet)
         print(f"[result] comparison written to {out_dir}")
 
-    return run_cli(go, "compare_methods")
+    return run_cli(go, "compare_methods", debug=args.debug)
 
 
 if __name__ == "__main__":

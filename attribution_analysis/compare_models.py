@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run_dir", help="resume this run folder")
     p.add_argument("--seed", type=int, help="override seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return p
 
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[result] run folder: {result.run_dir}")
         print(f"[result] report: {result.run_dir / 'report.html'}")
 
-    return run_cli(go, "compare_models")
+    return run_cli(go, "compare_models", debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ class DataConfig:
     npratio: int = 4
     strict: bool = True
     cache_dir: str = "output/cache"
-    generate_synthetic_if_missing: bool = True
+    generate_synthetic_if_missing: bool | None = None
     synthetic_seed: int = 0
     synthetic_variant: str = "clean"
 

@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override train.device")
     parser.add_argument("--seed", type=int, help="override train.seed")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return parser
 
 
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 setattr(config.train, key, value)
         run(config, quiet=args.quiet)
 
-    return run_cli(go, "train_recommender")
+    return run_cli(go, "train_recommender", debug=args.debug)
 
 
 if __name__ == "__main__":

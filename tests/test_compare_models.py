@@ -26,7 +26,7 @@ def _configs(root: Path) -> Path:
                      "dev_dir": f"data/poison/{variant}/dev",
                      "rationales": f"data/poison/{variant}/rationales.jsonl",
                      "cache_dir": "output/cache", "max_title_len": 20,
-                     "synthetic_variant": variant},
+                     "synthetic_variant": variant, "generate_synthetic_if_missing": True},
             "model": TINY_MODEL,
             "train": {"epochs": 1, "batch_size": 16, "max_steps_per_epoch": 3, "device": "cpu",
                       "output_dir": "output/recommender", "run_name": variant},

@@ -163,3 +163,10 @@ def test_tokenising_in_chunks_gives_the_same_table(tokenizer, monkeypatch) -> No
     assert chunked.news_ids == whole.news_ids
     assert torch.equal(chunked.input_ids, whole.input_ids)
     assert torch.equal(chunked.attention_mask, whole.attention_mask)
+
+
+def test_special_token_strings_in_titles_stay_text(tokenizer) -> None:
+    table = build_token_table(make_news({"N1": "breaking [SEP] news [MASK] today"}), tokenizer, 16)
+    ids = table.input_ids[1][table.attention_mask[1].bool()].tolist()
+    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    assert tokenizer.sep_token_id not in ids[1:-1] and tokenizer.mask_token_id not in ids

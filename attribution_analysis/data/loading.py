@@ -55,13 +55,23 @@ def read_rationales(path: str | Path) -> dict[str, list[str]]:
 
 def ensure_synthetic(config: DataConfig) -> None:
     """Generate the synthetic corpus into the configured folders when they hold no data and
-    ``generate_synthetic_if_missing`` allows it (said on screen). An explicit step of the
+    ``generate_synthetic_if_missing`` allows it (said on screen): ``null`` (default) into the
+    default folder only (elsewhere a missing file is an error: a mistyped path must not get a
+    corpus), ``true`` anywhere, ``false`` never. An explicit step of the
     commands, never a side effect of :func:`load_mind_data`. With ``synthetic_variant:
     poisoned`` the folders' parent is the poisoned variant (:mod:`.poisoning`), written beside
     its clean corpus (``../clean``, generated too when missing)."""
     train = resolve_path(config.train_dir)
-    if (train / "behaviors.tsv").is_file() or not config.generate_synthetic_if_missing:
+    allowed = config.generate_synthetic_if_missing
+    if (train / "behaviors.tsv").is_file() or allowed is False:
         return
+    default = resolve_path(DataConfig().train_dir)
+    if allowed is None and train != default:  # a mistyped path must not get a corpus
+        raise DataError(
+            f"{train / 'behaviors.tsv'} not found. The synthetic corpus is generated only into "
+            f"the default folder ({default.parent}) unless the config asks for it elsewhere "
+            "with data.generate_synthetic_if_missing: true"
+        )
     from attribution_analysis.data.synthetic import SyntheticConfig, generate_corpus
 
     out = train.parent

@@ -20,7 +20,7 @@ from attribution_analysis.data.mind import NewsRecord
 from attribution_analysis.utils.io import UnreadableFileError, atomic_torch_save, load_torch_file
 
 PAD_NEWS_INDEX = 0
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: special-token strings in titles are text
 
 
 @dataclass
@@ -98,6 +98,7 @@ def _tokenize(news_ids: list[str], titles: list[str], tokenizer, max_len: int) -
             max_length=max_len,
             return_tensors="pt",
             return_token_type_ids=False,
+            split_special_tokens=True,  # a title's literal "[SEP]" is text, not a separator
         )
         ids.append(encoded["input_ids"].long())
         masks.append(encoded["attention_mask"].long())
