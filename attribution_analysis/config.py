@@ -270,9 +270,10 @@ class ModelComparisonConfig:
     DIFFMASK settings; each recommender is trained first when missing and allowed there).
     ``candidates_from``: whose data (``a`` or ``b``) gives the explained candidates, the same
     ones for both models. ``group_by``: the ``news.tsv`` column (``category`` or
-    ``subcategory``) that groups candidates, or null. ``known_words``: words expected to rise
-    under model B (default: the trigger words of a poisoned synthetic corpus, read from its
-    ``meta.json``); the summary then says how they rank.
+    ``subcategory``) that groups candidates, or null; ``include_groups``: groups whose
+    candidates are all explained, in addition to the ``n_samples`` drawn from the split.
+    ``known_words``: words expected to rise under model B (default: the trigger words of a
+    poisoned synthetic corpus, read from its ``meta.json``); the summary says how they rank.
     """
 
     model_a: str = "configs/attribution/poison_clean.yaml"
@@ -282,6 +283,7 @@ class ModelComparisonConfig:
     n_samples: int = 500
     seed: int = 0
     group_by: str | None = "category"
+    include_groups: list[str] = field(default_factory=list)
     min_support: int = 5
     keep_threshold: float = 0.5
     fdr: float = 0.05

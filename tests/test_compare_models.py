@@ -131,3 +131,23 @@ def test_report_section_renders_in_chromium(run) -> None:
         assert not browser.find_elements(By.TAG_NAME, "script")
     finally:
         browser.quit()
+
+
+def test_included_groups_add_all_their_candidates() -> None:
+    from types import SimpleNamespace
+
+    from attribution_analysis.app.model_comparison import _candidates
+    from attribution_analysis.config import ModelComparisonConfig
+    from attribution_analysis.data.mind import Impression
+
+    impressions = [Impression(str(i), "U1", "", (), (f"N{i}", f"X{i}"), (1, 0)) for i in range(30)]
+    news = {f"N{i}": SimpleNamespace(category="news") for i in range(30)}
+    news |= {f"X{i}": SimpleNamespace(category="injected") for i in range(30)}
+    ws = SimpleNamespace(data=SimpleNamespace(split=lambda name: impressions, news=news))
+    plain = _candidates(ModelComparisonConfig(n_samples=10), ws)
+    both = _candidates(ModelComparisonConfig(n_samples=10, include_groups=["injected"]), ws)
+    assert both[:10] == plain
+    injected = {e.news_id for e in both if e.news_id.startswith("X")}
+    assert injected == {f"X{i}" for i in range(30)} and len(both) == 10 + 30 - sum(
+        e.news_id.startswith("X") for e in plain
+    )

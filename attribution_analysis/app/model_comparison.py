@@ -103,6 +103,22 @@ def _explain(ws: Workspace, view: Workspace, examples, split: str, out: Path, qu
     return run
 
 
+def _candidates(config: ModelComparisonConfig, data_ws: Workspace) -> list:
+    """``n_samples`` candidates drawn from the split, then every other candidate of the
+    ``include_groups`` (in the order of the same seeded draw)."""
+    pool = select_examples(data_ws.data.split(config.split), None, seed=config.seed + 1)
+    chosen = pool[: config.n_samples]
+    if config.include_groups:
+        if not config.group_by:
+            raise ConfigError("include_groups needs group_by (the news.tsv column of groups)")
+        news, wanted = data_ws.data.news, set(config.include_groups)
+        chosen += [
+            e for e in pool[config.n_samples :]
+            if getattr(news[e.news_id], config.group_by) in wanted
+        ]  # fmt: skip
+    return chosen
+
+
 def known_words(config: ModelComparisonConfig, data_ws: Workspace) -> list[str]:
     """``config.known_words``, else the trigger words of a poisoned synthetic corpus."""
     if config.known_words:
@@ -138,8 +154,7 @@ def run_model_comparison(
     run_dir = Path(run_dir) if run_dir else timestamped_dir(resolve_path(config.output_dir))
     spaces = _workspaces(config, quiet)
     data_ws = spaces[config.candidates_from]
-    examples = select_examples(data_ws.data.split(config.split), config.n_samples,
-                               seed=config.seed + 1)  # fmt: skip
+    examples = _candidates(config, data_ws)
     set_resume_hint(f"rerun the same command with --run_dir {run_dir} to resume")
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
     runs = {}
