@@ -269,7 +269,9 @@ class ModelComparisonConfig:
     ``model_a``/``model_b``: attribution configs (recommender checkpoint, its config and the
     DIFFMASK settings; each recommender is trained first when missing and allowed there).
     ``candidates_from``: whose data (``a`` or ``b``) gives the explained candidates, the same
-    ones for both models. ``group_by``: the ``news.tsv`` column (``category`` or
+    ones for both models; ``candidates_data``: a recommender config whose data gives them
+    instead (e.g. two clean models explained on the poisoned corpus's candidates, the control
+    of a poisoning comparison). ``group_by``: the ``news.tsv`` column (``category`` or
     ``subcategory``) that groups candidates, or null; ``include_groups``: groups whose
     candidates are all explained, in addition to the ``n_samples`` drawn from the split.
     ``known_words``: words expected to rise under model B (default: the trigger words of a
@@ -279,6 +281,7 @@ class ModelComparisonConfig:
     model_a: str = "configs/attribution/poison_clean.yaml"
     model_b: str = "configs/attribution/poison_poisoned.yaml"
     candidates_from: str = "b"
+    candidates_data: str | None = None
     split: str = "dev"
     n_samples: int = 500
     seed: int = 0

@@ -151,3 +151,26 @@ def test_included_groups_add_all_their_candidates() -> None:
     assert injected == {f"X{i}" for i in range(30)} and len(both) == 10 + 30 - sum(
         e.news_id.startswith("X") for e in plain
     )
+
+
+def test_candidates_from_a_third_data_config(run, capsys) -> None:
+    """The control of a poisoning comparison: two clean models explained on the poisoned
+    corpus's candidates (``candidates_data``)."""
+    root, _ = run
+    cfg = yaml.safe_load((root / "compare.yaml").read_text())
+    cfg.update(model_b="attr_clean.yaml", candidates_data="rec_poisoned.yaml",
+               output_dir="output/control", n_samples=12)  # fmt: skip
+    (root / "control.yaml").write_text(yaml.safe_dump(cfg))
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    try:
+        assert main(["--config", "control.yaml", "--quiet"]) == 0
+    finally:
+        mp.undo()
+    (folder,) = (root / "output" / "control").glob("run_*")
+    summary = json.loads((folder / "summary.json").read_text())
+    meta = json.loads((root / "data/poison/poisoned/meta.json").read_text())
+    assert summary["known_words"]["words"] == meta["poison"]["trigger_words"]
+    poisoned_dev = (root / "data/poison/poisoned/dev/behaviors.tsv").read_text()
+    ids = [json.loads(x)["ids"] for x in (folder / "model_b/attributions.jsonl").open()]
+    assert len(ids) == 12 and all(f"\t{i['user_id']}\t" in poisoned_dev for i in ids)

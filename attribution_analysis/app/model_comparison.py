@@ -29,11 +29,13 @@ from attribution_analysis.config import (
     AttributionConfig,
     ConfigError,
     ModelComparisonConfig,
+    RecommenderConfig,
     load_config,
     resolve_path,
     to_dict,
 )
 from attribution_analysis.data.explanation_set import select_examples
+from attribution_analysis.data.loading import ensure_synthetic, load_mind_data
 from attribution_analysis.data.tokenization import tokenizer_fingerprint
 from attribution_analysis.evaluation.model_diff import (
     WORD_COLUMNS,
@@ -77,9 +79,21 @@ def _workspaces(config: ModelComparisonConfig, quiet: bool) -> dict[str, Workspa
     return spaces
 
 
+def _data_workspace(config: ModelComparisonConfig, spaces: dict[str, Workspace]) -> Workspace:
+    """Whose data gives the candidates: ``candidates_from``'s, or ``candidates_data``'s (a
+    recommender config; its data read with the models' shared tokenizer)."""
+    if not config.candidates_data:
+        return spaces[config.candidates_from]
+    rec = load_config(RecommenderConfig, resolve_path(config.candidates_data))
+    ensure_synthetic(rec.data)
+    a = spaces["a"]
+    data = load_mind_data(rec.data, a.tokenizer)
+    return Workspace(a.config, rec, a.model, a.tokenizer, data, None)
+
+
 def _view(ws: Workspace, data_ws: Workspace) -> Workspace:
     """Model ``ws`` on the data of ``data_ws`` (its own news vectors of that data)."""
-    if ws is data_ws:
+    if ws.data is data_ws.data:
         return ws
     vectors = encode_news_table(
         ws.model, data_ws.data.table, ws.recommender_config.train.eval_batch_size
@@ -153,7 +167,7 @@ def run_model_comparison(
     seed_everything(config.seed)
     run_dir = Path(run_dir) if run_dir else timestamped_dir(resolve_path(config.output_dir))
     spaces = _workspaces(config, quiet)
-    data_ws = spaces[config.candidates_from]
+    data_ws = _data_workspace(config, spaces)
     examples = _candidates(config, data_ws)
     set_resume_hint(f"rerun the same command with --run_dir {run_dir} to resume")
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
@@ -217,7 +231,8 @@ def _write(run_dir, words, groups, candidates, summary, runs, config) -> None:
             for c in candidates]  # fmt: skip
     atomic_write_text(run_dir / "candidates.csv", _csv_text(flat, list(CANDIDATE_COLUMNS)))
     atomic_write_json(run_dir / "summary.json", summary)
-    source = f"model {config.candidates_from.upper()}'s {config.split} split"
+    source = config.candidates_data or f"model {config.candidates_from.upper()}'s data"
+    source = f"{source}, {config.split} split"
     write_model_comparison_report(
         run_dir / "report.html",
         settings={"model A": config.model_a, "model B": config.model_b,
