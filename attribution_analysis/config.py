@@ -274,6 +274,8 @@ class ModelComparisonConfig:
     of a poisoning comparison). ``group_by``: the ``news.tsv`` column (``category`` or
     ``subcategory``) that groups candidates, or null; ``include_groups``: groups whose
     candidates are all explained, in addition to the ``n_samples`` drawn from the split.
+    ``methods``: ``diffmask`` (always) plus any registered method (e.g. ``leave_one_out``, the
+    drop of the click score when a word is removed, or ``ig``), each compared the same way.
     ``known_words``: words expected to rise under model B (default: the trigger words of a
     poisoned synthetic corpus, read from its ``meta.json``); the summary says how they rank.
     """
@@ -287,6 +289,7 @@ class ModelComparisonConfig:
     seed: int = 0
     group_by: str | None = "category"
     include_groups: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=lambda: ["diffmask"])
     min_support: int = 5
     keep_threshold: float = 0.5
     fdr: float = 0.05

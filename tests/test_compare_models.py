@@ -42,6 +42,7 @@ def _configs(root: Path) -> Path:
         (root / f"attr_{variant}.yaml").write_text(yaml.safe_dump(attr))
     compare = {"model_a": "attr_clean.yaml", "model_b": "attr_poisoned.yaml",
                "n_samples": 24, "min_support": 2, "n_boot": 100, "n_perm": 200,
+               "methods": ["diffmask", "leave_one_out"],
                "output_dir": "output/compare"}  # fmt: skip
     (root / "compare.yaml").write_text(yaml.safe_dump(compare))
     return root / "compare.yaml"
@@ -70,7 +71,9 @@ def _csv(path: Path) -> tuple[list[str], list[dict]]:
 def test_run_folder_holds_every_file_with_its_columns(run) -> None:
     root, folder = run
     for name in ("config.yaml", "summary.json", "report.html", "model_a/attributions.jsonl",
-                 "model_b/attributions.jsonl", "model_a/diffmask/checkpoints/best.pt"):  # fmt: skip
+                 "model_b/attributions.jsonl", "model_a/diffmask/checkpoints/best.pt",
+                 "model_b/attributions_leave_one_out.jsonl", "words_diff_leave_one_out.csv",
+                 "groups_diff_leave_one_out.csv"):  # fmt: skip
         assert (folder / name).is_file(), name
     header, words = _csv(folder / "words_diff.csv")
     assert header == list(WORD_COLUMNS) and words
@@ -93,6 +96,8 @@ def test_known_words_are_the_corpus_trigger_words(run) -> None:
     assert known["words"] == meta["poison"]["trigger_words"]
     assert set(known["rank_by_rise"]) == set(known["words"])
     assert summary["n_candidates"] == 24 and 0 <= summary["mean_prob_b"] <= 1
+    loo = summary["other_methods"]["leave_one_out"]
+    assert set(loo["known_words"]["words"]) == set(known["words"])
 
 
 def test_other_tokenizers_are_refused(run, tmp_path, capsys) -> None:
@@ -159,7 +164,7 @@ def test_candidates_from_a_third_data_config(run, capsys) -> None:
     root, _ = run
     cfg = yaml.safe_load((root / "compare.yaml").read_text())
     cfg.update(model_b="attr_clean.yaml", candidates_data="rec_poisoned.yaml",
-               output_dir="output/control", n_samples=12)  # fmt: skip
+               output_dir="output/control", n_samples=12, methods=["diffmask"])  # fmt: skip
     (root / "control.yaml").write_text(yaml.safe_dump(cfg))
     mp = pytest.MonkeyPatch()
     mp.chdir(root)

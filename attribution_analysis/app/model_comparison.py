@@ -24,6 +24,7 @@ import yaml
 
 from attribution_analysis.app.analysis import _csv_text, annotate, train_for_workspace
 from attribution_analysis.app.cli import set_resume_hint
+from attribution_analysis.app.comparison import build_methods
 from attribution_analysis.app.workspace import Workspace, open_workspace, split_examples
 from attribution_analysis.config import (
     AttributionConfig,
@@ -37,6 +38,7 @@ from attribution_analysis.config import (
 from attribution_analysis.data.explanation_set import select_examples
 from attribution_analysis.data.loading import ensure_synthetic, load_mind_data
 from attribution_analysis.data.tokenization import tokenizer_fingerprint
+from attribution_analysis.evaluation.attribution_run import AttributionRun
 from attribution_analysis.evaluation.model_diff import (
     WORD_COLUMNS,
     candidate_changes,
@@ -46,6 +48,8 @@ from attribution_analysis.evaluation.model_diff import (
 )
 from attribution_analysis.methods.diffmask.checkpoint import check_resumable
 from attribution_analysis.methods.diffmask.train_diffmask import extract_attributions_diffmask
+from attribution_analysis.methods.extraction import extract_attributions
+from attribution_analysis.methods.registry import parse_method_list
 from attribution_analysis.models.inference import encode_news_table
 from attribution_analysis.reporting.model_comparison_report import write_model_comparison_report
 from attribution_analysis.utils.devices import seed_everything
@@ -102,19 +106,30 @@ def _view(ws: Workspace, data_ws: Workspace) -> Workspace:
                      vectors)  # fmt: skip
 
 
-def _explain(ws: Workspace, view: Workspace, examples, split: str, out: Path, quiet: bool):
-    """Train (or resume) the model's DIFFMASK and explain ``examples``; an AttributionRun."""
+def _explain(ws: Workspace, view: Workspace, examples, config: ModelComparisonConfig,
+             out: Path, quiet: bool) -> dict[str, AttributionRun]:  # fmt: skip
+    """Train (or resume) the model's DIFFMASK and explain ``examples`` with it and the other
+    ``config.methods``: ``{method: AttributionRun}`` (``attributions[_<method>].jsonl``)."""
     diffmask = ws.build_diffmask()
     check_resumable(out / "diffmask" / "checkpoints", diffmask)
     diffmask = train_for_workspace(ws, out / "diffmask", quiet, diffmask=diffmask)
-    loader = view.loader(examples)
     device = str(next(diffmask.parameters()).device)
-    results = extract_attributions_diffmask(
-        diffmask, loader, len(examples), device=device, tokenizer=ws.tokenizer, quiet=quiet
-    )
-    run = annotate(view, results, split)
-    run.save(out / "attributions.jsonl")
-    return run
+    others = [m for m in config.methods if m != "diffmask"]
+    methods = build_methods(view, others, diffmask, ws.config.ig_steps) if others else {}
+    runs = {}
+    for name in ["diffmask", *others]:
+        loader = view.loader(examples)
+        if name == "diffmask":
+            results = extract_attributions_diffmask(diffmask, loader, len(examples),
+                                                    device=device, tokenizer=ws.tokenizer,
+                                                    quiet=quiet)  # fmt: skip
+        else:
+            results = extract_attributions(methods[name], loader, len(examples), device,
+                                           ws.tokenizer, quiet=quiet)  # fmt: skip
+        runs[name] = annotate(view, results, config.split)
+        runs[name].save(out / ("attributions.jsonl" if name == "diffmask"
+                               else f"attributions_{name}.jsonl"))  # fmt: skip
+    return runs
 
 
 def _candidates(config: ModelComparisonConfig, data_ws: Workspace) -> list:
@@ -165,6 +180,7 @@ def run_model_comparison(
 ) -> ModelComparisonResult:
     """Explain the same candidates with both models and write the comparison (module doc)."""
     seed_everything(config.seed)
+    parse_method_list(",".join(config.methods) or "diffmask")  # unknown names fail now
     run_dir = Path(run_dir) if run_dir else timestamped_dir(resolve_path(config.output_dir))
     spaces = _workspaces(config, quiet)
     data_ws = _data_workspace(config, spaces)
@@ -176,9 +192,44 @@ def run_model_comparison(
         if not quiet:
             print(f"[compare] model {k.upper()}: DIFFMASK and {len(examples)} explanations")
         split_examples(spaces[k])  # its DIFFMASK examples come from its own train split
-        runs[k] = _explain(spaces[k], _view(spaces[k], data_ws), examples, config.split,
+        runs[k] = _explain(spaces[k], _view(spaces[k], data_ws), examples, config,
                            run_dir / f"model_{k}", quiet)  # fmt: skip
-    a, b = runs["a"].results, runs["b"].results
+    known = known_words(config, data_ws)
+    per_method = {}
+    for name in runs["a"]:
+        a, b = runs["a"][name].results, runs["b"][name].results
+        words, groups = _differences(config, data_ws, a, b)
+        per_method[name] = (words, groups)
+        if name != "diffmask":
+            suffix = f"_{name}.csv"
+            atomic_write_text(run_dir / f"words_diff{suffix}", _csv_text(words, list(WORD_COLUMNS)))
+            atomic_write_text(run_dir / f"groups_diff{suffix}",
+                              _csv_text(groups, list(GROUP_COLUMNS)))  # fmt: skip
+    words, groups = per_method["diffmask"]
+    a, b = runs["a"]["diffmask"].results, runs["b"]["diffmask"].results
+    candidates = candidate_changes(a, b)
+    for row, res in zip(candidates, a):
+        row["title"] = res.annotations.get("title")
+    summary = _summary(config, words, groups, candidates, known, run_dir)
+    summary["other_methods"] = {
+        name: {
+            "n_significant_rising": sum(r["significant"] and r["diff"] > 0 for r in w),
+            "n_significant_falling": sum(r["significant"] and r["diff"] < 0 for r in w),
+            "top_rising": [r["word"] for r in w[: config.top_k] if r["diff"] > 0],
+            "known_words": _known_summary(w, known),
+            "known_words_in_groups": _group_known(g, known),
+        }
+        for name, (w, g) in per_method.items()
+        if name != "diffmask"
+    }
+    summary["known_words_in_groups"] = _group_known(groups, known)
+    _write(run_dir, words, groups, candidates, summary,
+           {k: runs[k]["diffmask"] for k in MODELS}, config)  # fmt: skip
+    return ModelComparisonResult(run_dir, summary, words, groups)
+
+
+def _differences(config, data_ws, a, b) -> tuple[list[dict], list[dict]]:
+    """Word and group differences between the runs ``a`` and ``b`` of one method."""
     stats = {
         "min_support": config.min_support,
         "keep_threshold": config.keep_threshold,
@@ -194,12 +245,19 @@ def run_model_comparison(
         groups = group_differences(
             a, b, lambda r: getattr(news[r.ids["news_id"]], config.group_by), **stats
         )
-    candidates = candidate_changes(a, b)
-    for row, res in zip(candidates, a):
-        row["title"] = res.annotations.get("title")
-    summary = _summary(config, words, groups, candidates, known_words(config, data_ws), run_dir)
-    _write(run_dir, words, groups, candidates, summary, runs, config)
-    return ModelComparisonResult(run_dir, summary, words, groups)
+    return words, groups
+
+
+def _group_known(groups: list[dict], known: list[str]) -> dict:
+    """Per group: each known word's rank by rise within the group and its significance."""
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(g["group"] for g in groups):
+        rows = [g for g in groups if g["group"] == name]
+        ranks = {r["word"]: (i + 1, r["significant"]) for i, r in enumerate(rows)}
+        found = {w: ranks[w] for w in known if w in ranks}
+        if found:
+            out[name] = {w: {"rank": rank, "significant": sig} for w, (rank, sig) in found.items()}
+    return out
 
 
 def _summary(config, words, groups, candidates, known, run_dir) -> dict:
