@@ -25,7 +25,7 @@ import yaml
 from attribution_analysis.app.analysis import _csv_text, annotate, train_for_workspace
 from attribution_analysis.app.cli import set_resume_hint
 from attribution_analysis.app.comparison import build_methods
-from attribution_analysis.app.workspace import Workspace, open_workspace, split_examples
+from attribution_analysis.app.workspace import Workspace, open_workspace
 from attribution_analysis.config import (
     AttributionConfig,
     ConfigError,
@@ -47,7 +47,6 @@ from attribution_analysis.evaluation.model_diff import (
     word_differences,
 )
 from attribution_analysis.methods.diffmask.checkpoint import check_resumable
-from attribution_analysis.methods.diffmask.train_diffmask import extract_attributions_diffmask
 from attribution_analysis.methods.extraction import extract_attributions
 from attribution_analysis.methods.registry import parse_method_list
 from attribution_analysis.models.inference import encode_news_table
@@ -114,18 +113,12 @@ def _explain(ws: Workspace, view: Workspace, examples, config: ModelComparisonCo
     check_resumable(out / "diffmask" / "checkpoints", diffmask)
     diffmask = train_for_workspace(ws, out / "diffmask", quiet, diffmask=diffmask)
     device = str(next(diffmask.parameters()).device)
-    others = [m for m in config.methods if m != "diffmask"]
-    methods = build_methods(view, others, diffmask, ws.config.ig_steps) if others else {}
+    methods = build_methods(view, list(dict.fromkeys(["diffmask", *config.methods])), diffmask,
+                            ws.config.ig_steps)  # fmt: skip
     runs = {}
-    for name in ["diffmask", *others]:
-        loader = view.loader(examples)
-        if name == "diffmask":
-            results = extract_attributions_diffmask(diffmask, loader, len(examples),
-                                                    device=device, tokenizer=ws.tokenizer,
-                                                    quiet=quiet)  # fmt: skip
-        else:
-            results = extract_attributions(methods[name], loader, len(examples), device,
-                                           ws.tokenizer, quiet=quiet)  # fmt: skip
+    for name, method in methods.items():
+        results = extract_attributions(method, view.loader(examples), len(examples), device,
+                                       ws.tokenizer, quiet=quiet)  # fmt: skip
         runs[name] = annotate(view, results, config.split)
         runs[name].save(out / ("attributions.jsonl" if name == "diffmask"
                                else f"attributions_{name}.jsonl"))  # fmt: skip
@@ -191,7 +184,6 @@ def run_model_comparison(
     for k in MODELS:
         if not quiet:
             print(f"[compare] model {k.upper()}: DIFFMASK and {len(examples)} explanations")
-        split_examples(spaces[k])  # its DIFFMASK examples come from its own train split
         runs[k] = _explain(spaces[k], _view(spaces[k], data_ws), examples, config,
                            run_dir / f"model_{k}", quiet)  # fmt: skip
     known = known_words(config, data_ws)
@@ -212,17 +204,10 @@ def run_model_comparison(
         row["title"] = res.annotations.get("title")
     summary = _summary(config, words, groups, candidates, known, run_dir)
     summary["other_methods"] = {
-        name: {
-            "n_significant_rising": sum(r["significant"] and r["diff"] > 0 for r in w),
-            "n_significant_falling": sum(r["significant"] and r["diff"] < 0 for r in w),
-            "top_rising": [r["word"] for r in w[: config.top_k] if r["diff"] > 0],
-            "known_words": _known_summary(w, known),
-            "known_words_in_groups": _group_known(g, known),
-        }
+        name: _ranking(w, g, known, config.top_k)
         for name, (w, g) in per_method.items()
         if name != "diffmask"
     }
-    summary["known_words_in_groups"] = _group_known(groups, known)
     _write(run_dir, words, groups, candidates, summary,
            {k: runs[k]["diffmask"] for k in MODELS}, config)  # fmt: skip
     return ModelComparisonResult(run_dir, summary, words, groups)
@@ -260,23 +245,30 @@ def _group_known(groups: list[dict], known: list[str]) -> dict:
     return out
 
 
+def _ranking(words: list[dict], groups: list[dict], known: list[str], top_k: int) -> dict:
+    """What one method's word differences say: significant rises and falls, the top words,
+    and the known words' ranks overall and per group."""
+    return {
+        "n_words_tested": len(words),
+        "n_significant_rising": sum(r["significant"] and r["diff"] > 0 for r in words),
+        "n_significant_falling": sum(r["significant"] and r["diff"] < 0 for r in words),
+        "top_rising": [r["word"] for r in words[:top_k] if r["diff"] > 0],
+        "top_falling": [r["word"] for r in reversed(words[-top_k:]) if r["diff"] < 0],
+        "known_words": _known_summary(words, known),
+        "known_words_in_groups": _group_known(groups, known),
+    }
+
+
 def _summary(config, words, groups, candidates, known, run_dir) -> dict:
-    rising = [r for r in words if r["significant"] and r["diff"] > 0]
-    falling = [r for r in words if r["significant"] and r["diff"] < 0]
     probs = {k: [c[f"prob_{k}"] for c in candidates if c[f"prob_{k}"] is not None] for k in MODELS}
     return {
         "model_a": config.model_a,
         "model_b": config.model_b,
         "n_candidates": len(candidates),
-        "n_words_tested": len(words),
         "mean_prob_a": sum(probs["a"]) / max(len(probs["a"]), 1),
         "mean_prob_b": sum(probs["b"]) / max(len(probs["b"]), 1),
-        "n_significant_rising": len(rising),
-        "n_significant_falling": len(falling),
-        "top_rising": [r["word"] for r in words[: config.top_k] if r["diff"] > 0],
-        "top_falling": [r["word"] for r in reversed(words[-config.top_k :]) if r["diff"] < 0],
+        **_ranking(words, groups, known, config.top_k),
         "groups": sorted({g["group"] for g in groups}),
-        "known_words": _known_summary(words, known),
         "fdr": config.fdr,
         "run_dir": str(run_dir),
     }

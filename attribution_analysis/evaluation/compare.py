@@ -117,7 +117,7 @@ def evaluate_methods(
     """
     from tqdm.auto import tqdm
 
-    from attribution_analysis.utils.distributed import world
+    from attribution_analysis.utils.distributed import per_process, world
 
     kwargs = dict(removal=removal, mask_token_id=mask_token_id, pad_token_id=pad_token_id,
                   baseline_embedding=baseline_embedding, device=device)  # fmt: skip
@@ -129,17 +129,11 @@ def evaluate_methods(
         mine = None
         if rank < len(round_):
             mine = _evaluate_batch(methods, round_[rank], gold_for, **kwargs)
-        parts = [mine] if n_procs == 1 else _gather_objects(mine, accelerator)
+        parts = per_process(mine, accelerator)
         for part in parts[: len(round_)]:  # in batch order
             for name, ev in part.items():
                 evals[name].extend(ev)
     return evals
-
-
-def _gather_objects(obj, accelerator) -> list:
-    from accelerate.utils import gather_object
-
-    return gather_object([obj])
 
 
 def _evaluate_batch(methods, batch, gold_for, removal, mask_token_id, pad_token_id,

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from attribution_analysis.data.batches import split_batch
 from attribution_analysis.methods.base import AttributionMethod
 from attribution_analysis.methods.result import AttributionResult
-from attribution_analysis.utils.distributed import world
+from attribution_analysis.utils.distributed import per_process, world
 from attribution_analysis.utils.io import atomic_write
 
 
@@ -88,11 +88,7 @@ def _explain_batch(method, batch, take, device, tokenizer) -> list[AttributionRe
 
 def _gather_round(mine: list[AttributionResult], accelerator) -> list[AttributionResult]:
     """Results of one round (one batch per process), in batch order, on every process."""
-    if accelerator is None or accelerator.num_processes == 1:
-        return mine
-    from accelerate.utils import gather_object
-
-    return [r for part in gather_object([mine]) for r in part]
+    return [r for part in per_process(mine, accelerator) for r in part]
 
 
 def _flush(results, handle, kept: list, return_results: bool) -> None:

@@ -53,15 +53,22 @@ def interleaved_shard(items: Sequence[T], accelerator) -> Sequence[T]:
     return items if n_procs == 1 else items[rank::n_procs]
 
 
+def per_process(obj: Any, accelerator) -> list[Any]:
+    """``obj`` of every process, in rank order, on every process (``[obj]`` with one)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return [obj]
+    from accelerate.utils import gather_object
+
+    return gather_object([obj])
+
+
 def gather_interleaved(results: list[Any], n_items: int, accelerator) -> list[Any]:
     """Per-item ``results`` of :func:`interleaved_shard` from every process, back in item order
     (on every process)."""
-    rank, n_procs = world(accelerator)
+    _, n_procs = world(accelerator)
     if n_procs == 1:
         return results
-    from accelerate.utils import gather_object
-
-    per_rank = gather_object([results])  # one list per process, in rank order
+    per_rank = per_process(results, accelerator)
     ordered: list[Any] = [None] * n_items
     for r, part in enumerate(per_rank):
         ordered[r::n_procs] = part
