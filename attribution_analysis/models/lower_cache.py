@@ -70,7 +70,7 @@ def build_lower_cache(
     device = next(model.parameters()).device
     length = int(table.attention_mask.sum(-1).max())
     dtype = torch.float16 if mode == "disk" else _DTYPES[mode]
-    shape = (encoder.hidden_size,)
+    hidden = encoder.hidden_size
 
     def batches(start: int, end: int):
         """``(first row, states [rows, tokens, hidden])`` per batch of rows ``[start, end)``."""
@@ -85,7 +85,7 @@ def build_lower_cache(
         bar.close()
 
     def compute(start: int, end: int) -> torch.Tensor:
-        out = torch.empty((end - start, length, *shape), dtype=dtype, device=device)
+        out = torch.empty((end - start, length, hidden), dtype=dtype, device=device)
         for s, states in batches(start, end):
             out[s - start : s - start + len(states)] = states
         return out
@@ -96,7 +96,7 @@ def build_lower_cache(
         raise ValueError("lower_cache 'disk' needs a file path for the cache")
     path = Path(path)
     if world(accelerator)[0] == 0:
-        _write_npy(path, (len(table), length, *shape), batches(0, len(table)))
+        _write_npy(path, (len(table), length, hidden), batches(0, len(table)))
     if accelerator is not None:
         accelerator.wait_for_everyone()
     # copy-on-write mapping: writable for torch, the file is never changed
