@@ -27,26 +27,12 @@ if __package__ in (None, ""):  # run as a file: make the package importable, not
 
 import argparse  # noqa: E402
 
-from attribution_analysis.app.cli import run_cli  # noqa: E402
+from attribution_analysis.app.cli import positive_float, positive_int, run_cli  # noqa: E402
 from attribution_analysis.config import (  # noqa: E402
     AttributionConfig,
     ConfigError,
     load_config,
 )
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,13 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=True, help="attribution YAML config (AttributionConfig)")
-    p.add_argument("--n_samples", type=_positive_int, help="held-out examples to explain")
-    p.add_argument("--n_epochs", type=_positive_int, help="DIFFMASK training epochs")
+    p.add_argument("--n_samples", type=positive_int, help="held-out examples to explain")
+    p.add_argument("--n_epochs", type=positive_int, help="DIFFMASK training epochs")
     p.add_argument(
         "--probe_type", choices=["simple", "layerwise"], help="one probe, or the layer vote"
     )
-    p.add_argument("--constraint_margin", type=_positive_float, help="divergence margin m")
-    p.add_argument("--top_k", type=_positive_int, help="words listed per sample and overall")
+    p.add_argument("--constraint_margin", type=positive_float, help="divergence margin m")
+    p.add_argument("--top_k", type=positive_int, help="words listed per sample and overall")
     p.add_argument("--checkpoint", help="a DIFFMASK checkpoint (.pt) to start from or to use")
     p.add_argument(
         "--skip_training", action="store_true", help="use --checkpoint as it is (no training)"
@@ -71,12 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run_dir", help="use (and resume) this run folder instead of a new one")
     p.add_argument("--seed", type=int, help="seed for sampling, training and example choice")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to run")
-    p.add_argument("--batch_size", type=_positive_int, help="examples per batch")
-    p.add_argument("--temperature", type=_positive_float, help="Hard Concrete temperature")
-    p.add_argument("--stretch", type=_positive_float, help="Hard Concrete stretch s (-s, 1+s)")
-    p.add_argument("--lr_probe", type=_positive_float, help="probe learning rate")
-    p.add_argument("--lr_baseline", type=_positive_float, help="baseline learning rate")
-    p.add_argument("--lr_lambda", type=_positive_float, help="Lagrange multiplier learning rate")
+    p.add_argument("--batch_size", type=positive_int, help="examples per batch")
+    p.add_argument("--temperature", type=positive_float, help="Hard Concrete temperature")
+    p.add_argument("--stretch", type=positive_float, help="Hard Concrete stretch s (-s, 1+s)")
+    p.add_argument("--lr_probe", type=positive_float, help="probe learning rate")
+    p.add_argument("--lr_baseline", type=positive_float, help="baseline learning rate")
+    p.add_argument("--lr_lambda", type=positive_float, help="Lagrange multiplier learning rate")
     p.add_argument(
         "--compare", help="also run these methods for a comparison table (e.g. ig,random)"
     )

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attribution_analysis.app.cli import run_cli
+from attribution_analysis.app.cli import positive_int, run_cli
 from attribution_analysis.app.comparison import run_comparison
 from attribution_analysis.app.workspace import open_workspace
 from attribution_analysis.config import AttributionConfig, load_config, resolve_path, to_dict
 from attribution_analysis.evaluation.removal import OPERATIONS
+from attribution_analysis.methods.diffmask.checkpoint import read_checkpoint
 from attribution_analysis.methods.diffmask.train_diffmask import load_diffmask_checkpoint
 from attribution_analysis.methods.registry import parse_method_list
 from attribution_analysis.utils.devices import check_device, seed_everything
@@ -32,10 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, help="attribution YAML config")
     p.add_argument("--methods", default="diffmask,ig,attention,random", help="comma-separated")
-    p.add_argument("--n_samples", type=int, help="held-out examples")
+    p.add_argument("--n_samples", type=positive_int, help="held-out examples")
     p.add_argument("--checkpoint", help="trained DIFFMASK checkpoint (else trained on the fly)")
     p.add_argument("--removal", default="mask", choices=sorted(OPERATIONS), help="removal op")
-    p.add_argument("--ig_steps", type=int, help="Integrated Gradients steps")
+    p.add_argument("--ig_steps", type=positive_int, help="Integrated Gradients steps")
     p.add_argument("--output_dir", help="parent folder of the compare_<timestamp> folder")
     p.add_argument("--seed", type=int, help="seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                 setattr(config, key, getattr(args, key))
         names = parse_method_list(args.methods)
         check_device(config.device)
+        if args.checkpoint and "diffmask" in names:
+            read_checkpoint(args.checkpoint)  # an unreadable file fails before any folder exists
         seed_everything(config.seed)
         out_dir = timestamped_dir(resolve_path(config.output_dir), "compare")
         atomic_write_json(out_dir / "config.json", to_dict(config))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attribution_analysis.app.cli import run_cli
+from attribution_analysis.app.cli import positive_int, run_cli
 from attribution_analysis.app.model_comparison import run_model_comparison
 from attribution_analysis.config import ModelComparisonConfig, load_config
 
@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     p.add_argument("--config", default="configs/compare/poison.yaml", help="comparison YAML")
-    p.add_argument("--n_samples", type=int, help="override n_samples (candidates explained)")
+    p.add_argument(
+        "--n_samples", type=positive_int, help="override n_samples (candidates explained)"
+    )
     p.add_argument("--output_dir", help="override output_dir")
     p.add_argument("--run_dir", help="resume this run folder")
     p.add_argument("--seed", type=int, help="override seed")

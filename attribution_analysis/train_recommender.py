@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attribution_analysis.app.cli import run_cli
+from attribution_analysis.app.cli import positive_int, run_cli
 from attribution_analysis.config import RecommenderConfig, load_config
 from attribution_analysis.data.loading import ensure_synthetic, load_mind_data
 from attribution_analysis.models.pretrained import load_tokenizer
@@ -30,16 +30,18 @@ from attribution_analysis.utils.io import atomic_write_json
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="train_recommender",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--config",
         default="configs/recommender/nrms_minilm.yaml",
         help="YAML config (RecommenderConfig)",
     )
-    parser.add_argument("--epochs", type=int, help="override train.epochs")
+    parser.add_argument("--epochs", type=positive_int, help="override train.epochs")
     parser.add_argument(
-        "--max_steps_per_epoch", type=int, help="override train.max_steps_per_epoch"
+        "--max_steps_per_epoch", type=positive_int, help="override train.max_steps_per_epoch"
     )
     parser.add_argument("--run_name", help="override train.run_name (the run folder's name)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override train.device")

@@ -32,7 +32,12 @@ from attribution_analysis.models.ranking_metrics import mind_metrics
 from attribution_analysis.models.serialization import build_nrms, save_recommender
 from attribution_analysis.utils.devices import make_accelerator, seed_everything
 from attribution_analysis.utils.distributed import gather_interleaved, interleaved_shard
-from attribution_analysis.utils.io import atomic_torch_save, atomic_write_json, load_torch_file
+from attribution_analysis.utils.io import (
+    UnreadableFileError,
+    atomic_torch_save,
+    atomic_write_json,
+    load_torch_file,
+)
 
 
 @dataclass
@@ -92,9 +97,36 @@ def evaluate_split(
     return mind_metrics(labelled), scores  # unlabelled: NaN metrics (written as null)
 
 
-def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
+def _latest_checkpoint(ckpt_dir: Path, main: bool = True) -> tuple[Path, dict] | None:
+    """The newest readable ``epoch_<N>.pt`` and its contents; an unreadable one (e.g. truncated
+    by a crash) is reported and the previous epoch is used instead."""
     found = sorted(ckpt_dir.glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-    return found[-1] if found else None
+    for path in reversed(found):
+        try:
+            state = load_torch_file(path, "recommender training checkpoint")
+        except UnreadableFileError as exc:
+            if main:
+                print(f"[train] WARNING: {exc}; trying the previous epoch")
+            continue
+        if not isinstance(state, dict) or not {"model", "epoch"} <= state.keys():
+            raise ValueError(f"{path}: not a recommender training checkpoint")
+        return path, state
+    return None
+
+
+def _check_splits(config: RecommenderConfig, data: MindData, samples: ClickSamples) -> None:
+    """Refuse, before anything is written, a train split without a click or an empty dev
+    split (metrics would be ``NaN``), naming the file."""
+    if len(samples) == 0:
+        raise DataError(
+            f"{resolve_path(config.data.train_dir) / 'behaviors.tsv'}: no clicked candidate "
+            f"({len(data.train)} impressions): nothing to train the recommender on"
+        )
+    if not data.dev:
+        raise DataError(
+            f"{resolve_path(config.data.dev_dir) / 'behaviors.tsv'}: no impression: nothing to "
+            "evaluate the recommender on"
+        )
 
 
 def train_recommender(
@@ -116,6 +148,10 @@ def train_recommender(
             ensure_synthetic(config.data)
         accelerator.wait_for_everyone()
         data = load_mind_data(config.data, tokenizer)
+    samples = ClickSamples(
+        data.train, data.table, config.data.npratio, config.data.max_history, tc.seed
+    )
+    _check_splits(config, data, samples)
     run_dir = Path(run_dir) if run_dir else resolve_path(tc.output_dir) / (tc.run_name or "default")
     ckpt_dir, best_dir = run_dir / "checkpoints", run_dir / "best"
     if main:
@@ -127,9 +163,9 @@ def train_recommender(
     scorer, optimizer = accelerator.prepare(ClickScorer(model), optimizer)
 
     start_epoch, best, history = 0, {"auc": -math.inf}, []
-    latest = _latest_checkpoint(ckpt_dir)
-    if latest is not None:
-        state = load_torch_file(latest, "recommender training checkpoint")
+    found = _latest_checkpoint(ckpt_dir, main)
+    if found is not None:
+        latest, state = found
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -142,14 +178,6 @@ def train_recommender(
     if model.news_encoder.caches_lower_layers and start_epoch < tc.epochs:
         lower_cache = build_lower_cache(
             model, data.table, tc.eval_batch_size, tc.lower_cache, lower_path, accelerator, quiet
-        )
-    samples = ClickSamples(
-        data.train, data.table, config.data.npratio, config.data.max_history, tc.seed
-    )
-    if len(samples) == 0:
-        raise DataError(
-            f"{resolve_path(config.data.train_dir) / 'behaviors.tsv'}: no clicked candidate "
-            f"({len(data.train)} impressions): nothing to train the recommender on"
         )
     for epoch in range(start_epoch, tc.epochs):
         torch.manual_seed(tc.seed * 1000 + epoch)  # dropout depends on the epoch only: resumable

@@ -83,10 +83,29 @@ def load_torch_file(path: str | os.PathLike, what: str) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    if head != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip (or a binary pickle)
+        why = "the file is empty" if not head else "not a file written by torch.save"
+        raise UnreadableFileError(f"{path}: not a readable {what} ({why})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
-        reason = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise UnreadableFileError(
-            f"{path}: not a readable {what} ({type(exc).__name__}: {reason})"
-        ) from None
+        raise UnreadableFileError(f"{path}: not a readable {what} ({_why(exc)})") from None
+
+
+_REFUSED = "WeightsUnpickler error:"
+
+
+def _why(exc: Exception) -> str:
+    """The first sentence of why ``torch.load`` failed; for a file that safe loading refused,
+    what it refused (not torch's advice to load the file unsafely)."""
+    text = str(exc)
+    if _REFUSED in text:
+        return "refused by safe loading: " + _first_sentence(text.split(_REFUSED, 1)[1])
+    return f"{type(exc).__name__}: {_first_sentence(text)}"
+
+
+def _first_sentence(text: str) -> str:
+    line = (text.strip().splitlines() or [""])[0]
+    return line.split(". ")[0][:200]

@@ -110,21 +110,22 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def latest_readable_checkpoint(ckpt_dir: Path) -> tuple[Path, dict] | None:
+def latest_readable_checkpoint(ckpt_dir: Path, warn: bool = True) -> tuple[Path, dict] | None:
     """The newest epoch checkpoint that can be read, with its contents; an unreadable one (e.g.
-    truncated by a crash) is reported and the previous epoch is used instead."""
+    truncated by a crash) is reported (when ``warn``) and the previous epoch is used instead."""
     for path in reversed(epoch_checkpoints(ckpt_dir)):
         try:
             return path, read_checkpoint(path)
         except UnreadableFileError as exc:
-            print(f"[diffmask] WARNING: {exc}; trying the previous epoch")
+            if warn:
+                print(f"[diffmask] WARNING: {exc}; trying the previous epoch")
     return None
 
 
 def check_resumable(ckpt_dir: Path, diffmask: DIFFMASK) -> None:
     """Refuse, before anything is written, a run folder whose checkpoints were made for another
     model or with other DIFFMASK settings (a folder without checkpoints is fine)."""
-    found = latest_readable_checkpoint(ckpt_dir)
+    found = latest_readable_checkpoint(ckpt_dir, warn=False)  # training warns when it resumes
     if found is not None:
         path, blob = found
         check_compatible(blob, diffmask.adapter, path)
