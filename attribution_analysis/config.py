@@ -174,6 +174,9 @@ class ObjectiveConfig:
     sparsity_loss: str = "l0"  # "l0": mean P(z != 0); "log_l0": mean log P(z != 0)
     logit_decay: float = 1e-3  # weight of mean(log_alpha^2), keeps gates away from saturation
     lambda_init: float = 1.0  # the Lagrange multiplier's start
+    lambda_min: float = 1.0  # its floor: keeps the constraint's pull on examples outside the
+    # margin alive when the constraint is slack (at 0, sparsity alone closes decisive gates
+    # until examples leave the margin, and lambda cycles instead of levelling off)
     lambda_max: float = 200.0  # its upper clamp
 
 
@@ -347,7 +350,8 @@ VALUE_RULES: dict[type, dict[str, str]] = {
                  "mask_layer": "non_negative"},
     ObjectiveConfig: {"constraint_margin": "positive", "within_margin_goal": "share",
                       "delivered_check_examples": "positive_int", "logit_decay": "non_negative",
-                      "lambda_init": "non_negative", "lambda_max": "positive"},
+                      "lambda_init": "non_negative", "lambda_min": "non_negative",
+                      "lambda_max": "positive"},
     DiffMaskTrainingConfig: {"n_epochs": "positive_int", "lr_probe": "positive",
                              "lr_baseline": "positive", "lr_lambda": "positive",
                              "warmup_steps": "non_negative", "grad_clip": "positive",

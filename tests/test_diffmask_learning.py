@@ -103,6 +103,44 @@ def test_gates_driven_open_by_a_large_lambda_close_when_it_falls_and_reopen(clas
     assert reopened > 0.1  # and the closed ones are not dead either
 
 
+def test_the_lambda_floor_holds_decisive_gates_open_where_zero_lets_them_close(classifier):
+    """The cycle the floor ``lambda_min`` removes: on a slack constraint (every example within
+    the margin) lambda falls to its floor. At 0, sparsity alone closes the keys' gates and the
+    examples leave the margin; at the default floor of 1 the constraint term still pulls on
+    the examples that sampled masks push outside, so the keys stay kept and the examples
+    within the margin."""
+
+    def within(dm) -> float:
+        with torch.no_grad():
+            step = dm.step(phases.data.input_ids, phases.data.attention_mask, {})
+        return step.within_margin.float().mean().item()
+
+    phases = _Phases(_diffmask(classifier))
+    phases.run(200.0, 200)
+    start = phases.dm.state_dict()
+    assert within(phases.dm) > 0.95  # slack: every example inside the margin
+    floor = phases.run(1.0, 300)
+    floor_within = within(phases.dm)
+    phases.dm.load_state_dict(start)
+    phases.opt = torch.optim.Adam(phases.dm.probe.parameters(), lr=1e-2)
+    zero = phases.run(0.0, 300)
+    zero_within = within(phases.dm)
+    # measured: floor L0 0.14, within 0.87; zero L0 0.003, within 0.23
+    assert floor > 0.1 and floor_within > 0.8, (floor, floor_within)  # the keys stay kept
+    assert zero < floor / 3 and zero_within < floor_within - 0.3, (zero, zero_within)
+
+
+def test_the_multiplier_is_clamped_to_its_floor_and_cap(classifier):
+    dm = _diffmask(classifier, lambda_min=0.5, lambda_init=2.0, lambda_max=10.0)
+    for value, clamped in ((-3.0, 0.5), (0.2, 0.5), (4.0, 4.0), (50.0, 10.0)):
+        with torch.no_grad():
+            dm.lagrange_multiplier.fill_(value)
+        dm.clamp_multiplier()
+        assert dm.lagrange_multiplier.item() == clamped
+    with pytest.raises(ValueError, match="lambda_min <= lambda_init"):
+        _diffmask(classifier, lambda_min=2.0, lambda_init=1.0)
+
+
 def test_every_gate_logit_and_probe_weight_gets_a_gradient_when_saturated(classifier):
     phases = _Phases(_diffmask(classifier))
     phases.run(200.0, 200)  # drive gates far open / closed

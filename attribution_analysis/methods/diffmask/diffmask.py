@@ -119,6 +119,7 @@ class DIFFMASK(nn.Module):
         pad_token_id: int | None = None,
         lambda_init: float = _OBJECTIVE.lambda_init,
         lambda_max: float = _OBJECTIVE.lambda_max,
+        lambda_min: float = _OBJECTIVE.lambda_min,
         probe_hidden_dim: int | None = _PROBE.probe_hidden_dim,
         probe_init_bias: float = _PROBE.probe_init_bias,
         constraint: str = _OBJECTIVE.constraint,
@@ -154,8 +155,11 @@ class DIFFMASK(nn.Module):
             raise ValueError(f"within_margin_goal must be in (0, 1], got {within_margin_goal}")
         if not (constraint_margin > 0 and math.isfinite(constraint_margin)):
             raise ValueError(f"constraint_margin must be > 0, got {constraint_margin}")
-        if not 0 <= lambda_init <= lambda_max:
-            raise ValueError("need 0 <= lambda_init <= lambda_max")
+        if not 0 <= lambda_min <= lambda_init <= lambda_max:
+            raise ValueError(
+                "need 0 <= lambda_min <= lambda_init <= lambda_max, got "
+                f"{lambda_min}, {lambda_init}, {lambda_max}"
+            )
         self.settings = {
             "hidden_dim": hidden_dim,
             "num_probe_layers": num_probe_layers,
@@ -174,6 +178,7 @@ class DIFFMASK(nn.Module):
             "pad_token_id": pad_token_id,
             "lambda_init": float(lambda_init),
             "lambda_max": float(lambda_max),
+            "lambda_min": float(lambda_min),
             "probe_hidden_dim": probe_hidden_dim,
             "probe_init_bias": float(probe_init_bias),
             "constraint": constraint,
@@ -422,9 +427,18 @@ class DIFFMASK(nn.Module):
         return (step.divergence - self.margin).mean().detach()
 
     def clamp_multiplier(self) -> None:
-        """Keep lambda in ``[0, lambda_max]`` (bounded, never an unbounded exp)."""
+        """Keep lambda in ``[lambda_min, lambda_max]`` (bounded, never an unbounded exp).
+
+        The floor ``lambda_min`` (default 1) keeps the constraint term pulling on examples
+        outside the margin when the constraint is slack; with a floor of 0, a multiplier that
+        falls to 0 leaves sparsity alone, which closes decisive gates until examples leave the
+        margin, lambda rises and reopens them: a cycle that never levels off. Under the
+        per-example (hinge) constraint the floor acts only on examples outside the margin.
+        """
         with torch.no_grad():
-            self.lagrange_multiplier.clamp_(0.0, self.settings["lambda_max"])
+            self.lagrange_multiplier.clamp_(
+                self.settings.get("lambda_min", 0.0), self.settings["lambda_max"]
+            )
 
     @torch.no_grad()
     def get_attributions(
