@@ -137,8 +137,25 @@ def test_the_multiplier_is_clamped_to_its_floor_and_cap(classifier):
             dm.lagrange_multiplier.fill_(value)
         dm.clamp_multiplier()
         assert dm.lagrange_multiplier.item() == clamped
+    with torch.no_grad():
+        dm.lagrange_multiplier.fill_(0.2)
+    dm.clamp_multiplier(floor=False)  # the first epoch of training: no floor
+    assert dm.lagrange_multiplier.item() == pytest.approx(0.2)
     with pytest.raises(ValueError, match="lambda_min <= lambda_init"):
         _diffmask(classifier, lambda_min=2.0, lambda_init=1.0)
+
+
+def test_training_applies_the_floor_from_the_second_epoch(classifier):
+    """In the first epoch lambda may fall below ``lambda_min`` (all gates start open, nothing
+    violates the margin, so the dual descends); from the second epoch on it never does."""
+    train = DataLoader(TASK.generate(256, seed=6), batch_size=32, shuffle=True)
+    dm = _diffmask(classifier)
+    history = train_diffmask(
+        dm, train, n_epochs=3, convergence=None, save_checkpoints=False, quiet=True
+    )
+    first = [s["lambda"] for s in history.steps if s["epoch"] == 1]
+    later = [s["lambda"] for s in history.steps if s["epoch"] > 1]
+    assert min(first) < 1.0 and later and min(later) >= 1.0
 
 
 def test_every_gate_logit_and_probe_weight_gets_a_gradient_when_saturated(classifier):

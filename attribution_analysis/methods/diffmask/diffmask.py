@@ -426,19 +426,22 @@ class DIFFMASK(nn.Module):
             return violating - (1.0 - self.settings["within_margin_goal"])
         return (step.divergence - self.margin).mean().detach()
 
-    def clamp_multiplier(self) -> None:
-        """Keep lambda in ``[lambda_min, lambda_max]`` (bounded, never an unbounded exp).
+    def clamp_multiplier(self, floor: bool = True) -> None:
+        """Keep lambda in ``[lambda_min, lambda_max]`` (``[0, lambda_max]`` when ``floor`` is
+        false); bounded, never an unbounded exp.
 
         The floor ``lambda_min`` (default 1) keeps the constraint term pulling on examples
-        outside the margin when the constraint is slack; with a floor of 0, a multiplier that
-        falls to 0 leaves sparsity alone, which closes decisive gates until examples leave the
-        margin, lambda rises and reopens them: a cycle that never levels off. Under the
-        per-example (hinge) constraint the floor acts only on examples outside the margin.
+        outside the margin when the constraint is slack: a multiplier that falls to 0 leaves
+        sparsity alone, which closes decisive gates until examples leave the margin, lambda
+        rises and reopens them, a cycle that never levels off. Under the per-example (hinge)
+        constraint the floor acts only on examples outside the margin. ``train_diffmask``
+        applies it from the second epoch on: in the first, lambda may fall to 0 so that
+        sparsity alone prunes the gates from fully open before the constraint binds (with the
+        floor from the first step, lambda crept upwards for 12+ epochs on the news task).
         """
+        low = self.settings.get("lambda_min", 0.0) if floor else 0.0
         with torch.no_grad():
-            self.lagrange_multiplier.clamp_(
-                self.settings.get("lambda_min", 0.0), self.settings["lambda_max"]
-            )
+            self.lagrange_multiplier.clamp_(low, self.settings["lambda_max"])
 
     @torch.no_grad()
     def get_attributions(

@@ -7,7 +7,8 @@ re-exported here, the module of the public training API.
 ``train_diffmask`` minimises ``DIFFMASK.lagrangian`` (sparsity term + lambda * constraint term +
 logit decay; see there) with Adam for the probe (``lr_probe``) and the baseline
 (``lr_baseline``) and ascends lambda with Adam on ``DIFFMASK.dual_signal`` (``lr_lambda``),
-lambda clamped to ``[0, lambda_max]`` after every step. Training stops when the convergence
+lambda clamped to ``[0, lambda_max]`` after every step of the first epoch and to
+``[lambda_min, lambda_max]`` from the second on. Training stops when the convergence
 rule holds (:mod:`.convergence`) or at the ``n_epochs`` cap. The explained model is
 frozen (no gradient reaches its weights) and in eval mode (dropout off). A checkpoint is written
 atomically every epoch to ``<output_dir>/checkpoints/diffmask_epoch_<N>.pt``; the sparsest
@@ -165,7 +166,9 @@ def validate(
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
-def _train_step(diffmask, batch, device, optimizers, scheduler, grad_clip, gen, accelerator, cache):
+def _train_step(
+    diffmask, batch, device, optimizers, scheduler, grad_clip, gen, accelerator, cache, floor
+):
     ids, mask, ctx, _ = split_batch(batch, device)
     with accelerator.autocast():
         ctx = diffmask.adapter.prepare_context(ctx)
@@ -184,7 +187,7 @@ def _train_step(diffmask, batch, device, optimizers, scheduler, grad_clip, gen, 
     for opt in optimizers.values():
         opt.step()
     scheduler.step()
-    diffmask.clamp_multiplier()
+    diffmask.clamp_multiplier(floor=floor)
     out = {
         "loss": loss.item(),
         "l0": step.l0.mean().item(),
@@ -325,6 +328,7 @@ def train_diffmask(
                         gen,
                         accelerator,
                         train_cache,
+                        floor=epoch > 1,  # lambda_min holds from the second epoch on
                     )
                 except TrainingDiverged as exc:
                     last = latest_checkpoint(ckpt_dir) if save_checkpoints else None
