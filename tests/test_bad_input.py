@@ -424,15 +424,28 @@ def _candidate_twice(lines: list[str]) -> list[str]:
     return [lines[0], "\t".join(cols), *lines[2:]]
 
 
+def _unlabelled(lines: list[str]) -> list[str]:
+    cols = lines[0].split("\t")
+    cols[4] = " ".join(c.rsplit("-", 1)[0] for c in cols[4].split())
+    return ["\t".join(cols), *lines[1:]]
+
+
 @pytest.mark.parametrize(
     ("split", "change", "expected"),
     [
         ("train", lambda lines: [], "behaviors.tsv: no clicked candidate (0 impressions)"),
+        ("train", _unlabelled, "behaviors.tsv: impression "),
         ("train", _no_clicks, "behaviors.tsv: no clicked candidate ("),
         ("dev", lambda lines: [], "behaviors.tsv: no impression: nothing to evaluate"),
         ("train", _candidate_twice, "behaviors.tsv:2: candidate "),
     ],
-    ids=["empty_train", "no_click", "empty_dev", "candidate_with_labels_1_and_0"],
+    ids=[
+        "empty_train",
+        "unlabelled_train",
+        "no_click",
+        "empty_dev",
+        "candidate_with_labels_1_and_0",
+    ],  # fmt: skip
 )
 def test_unusable_behaviors_are_one_line(split, change, expected, corpus, tmp_path, capsys):
     data = _copy(corpus, tmp_path / "corpus")
@@ -443,6 +456,18 @@ def test_unusable_behaviors_are_one_line(split, change, expected, corpus, tmp_pa
     if change is _candidate_twice:
         assert "listed twice with labels 0 and 1" in line
     assert not (tmp_path / "recommender").exists()  # no run folder, no NaN metrics.json
+
+
+def test_nothing_to_explain_is_one_line(corpus, rec, tmp_path, capsys):
+    """An empty dev split given to ``analyze_diffmask`` (whose recommender exists): refused,
+    naming the file, before a run folder is written."""
+    data = _copy(corpus, tmp_path / "corpus")
+    behaviors = _edit(data / "dev" / "behaviors.tsv", lambda lines: [])
+    rec_config = _rec_config(tmp_path / "r.yaml", data, tmp_path)
+    config = _attr_config(tmp_path / "a.yaml", {**rec, "config": rec_config}, tmp_path / "out")
+    assert _analyze(config) == 2
+    _one_error_line(capsys, str(behaviors), "nothing to explain (split 'dev')")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_news_id_repeated_with_another_title_names_both_lines(corpus, tmp_path, capsys):

@@ -19,6 +19,7 @@ from attribution_analysis.config import (
 )
 from attribution_analysis.data.explanation_set import ExplanationSet, select_examples
 from attribution_analysis.data.loading import MindData, ensure_synthetic, load_mind_data
+from attribution_analysis.data.mind import DataError
 from attribution_analysis.methods.diffmask import DIFFMASK
 from attribution_analysis.models.inference import encode_news_table
 from attribution_analysis.models.nrms import NRMS
@@ -128,6 +129,15 @@ def split_examples(ws: Workspace) -> tuple[list, list, list]:
     n_train, n_val = d.train_examples, d.val_examples
     pool = select_examples(ws.data.train, n_train + n_val, seed=cfg.seed)
     test = select_examples(ws.data.split(cfg.split), cfg.n_samples, seed=cfg.seed + 1)
+    for name, examples in (("train", pool), (cfg.split, test)):
+        if not examples:
+            data_config = ws.recommender_config.data
+            folder = data_config.train_dir if name == "train" else data_config.dev_dir
+            raise DataError(
+                f"{resolve_path(folder) / 'behaviors.tsv'}: no impression with a candidate: "
+                f"nothing to {'train DIFFMASK on' if name == 'train' else 'explain'} "
+                f"(split '{name}')"
+            )
     return pool[:n_train], pool[n_train:], test
 
 

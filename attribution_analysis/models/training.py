@@ -148,9 +148,12 @@ def train_recommender(
             ensure_synthetic(config.data)
         accelerator.wait_for_everyone()
         data = load_mind_data(config.data, tokenizer)
-    samples = ClickSamples(
-        data.train, data.table, config.data.npratio, config.data.max_history, tc.seed
-    )
+    try:
+        samples = ClickSamples(
+            data.train, data.table, config.data.npratio, config.data.max_history, tc.seed
+        )
+    except ValueError as exc:  # an unlabelled train impression
+        raise DataError(f"{resolve_path(config.data.train_dir) / 'behaviors.tsv'}: {exc}") from None
     _check_splits(config, data, samples)
     run_dir = Path(run_dir) if run_dir else resolve_path(tc.output_dir) / (tc.run_name or "default")
     ckpt_dir, best_dir = run_dir / "checkpoints", run_dir / "best"
