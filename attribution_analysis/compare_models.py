@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", help="override output_dir")
     p.add_argument("--run_dir", help="resume this run folder")
     p.add_argument("--seed", type=int, help="override seed")
+    p.add_argument(
+        "--reuse_explanations", action="store_true",
+        help="recompute the statistics from the explanations already in --run_dir (other fdr, "
+        "min_effect, rank_by, ...) instead of training and explaining again",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return p
@@ -44,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("n_samples", "output_dir", "seed"):
             if getattr(args, key) is not None:
                 setattr(config, key, getattr(args, key))
-        result = run_model_comparison(config, args.run_dir, args.quiet)
+        result = run_model_comparison(config, args.run_dir, args.quiet, args.reuse_explanations)
         s = result.summary
         print(f"[result] {s['n_candidates']} candidates; {s['n_significant_rising']} words rose "
               f"and {s['n_significant_falling']} fell significantly under model B "

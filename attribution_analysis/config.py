@@ -281,6 +281,10 @@ class ModelComparisonConfig:
     drop of the click score when a word is removed, or ``ig``), each compared the same way.
     ``known_words``: words expected to rise under model B (default: the trigger words of a
     poisoned synthetic corpus, read from its ``meta.json``); the summary says how they rank.
+    ``min_effect``: a word is significant when its q-value is at most ``fdr`` and its change
+    is at least ``min_effect`` robust z-scores away from the median word's change
+    (``effect_z``); ``rank_by``: ``t`` (the paired t statistic), ``diff`` or ``diff_low``
+    (see ``evaluation/model_diff.py``).
     """
 
     model_a: str = "configs/attribution/poison_clean.yaml"
@@ -298,6 +302,8 @@ class ModelComparisonConfig:
     fdr: float = 0.05
     n_boot: int = 1000
     n_perm: int = 4000
+    min_effect: float = 2.0
+    rank_by: str = "t"
     top_k: int = 15
     known_words: list[str] = field(default_factory=list)
     output_dir: str = "output/compare_models"
@@ -335,6 +341,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "must be 'category', 'subcategory' or null",
     ),
     "variant": (("clean", "poisoned").__contains__, "must be 'clean' or 'poisoned'"),
+    "rank_by": (("t", "diff", "diff_low").__contains__, "must be 't', 'diff' or 'diff_low'"),
 }
 VALUE_RULES: dict[type, dict[str, str]] = {
     DataConfig: {"max_title_len": "positive_int", "max_history": "non_negative",
@@ -360,7 +367,8 @@ VALUE_RULES: dict[type, dict[str, str]] = {
     ModelComparisonConfig: {"candidates_from": "model", "group_by": "group_column",
                             "n_samples": "positive_int", "min_support": "positive_int",
                             "keep_threshold": "share", "fdr": "share", "n_boot": "positive_int",
-                            "n_perm": "positive_int", "top_k": "positive_int"},
+                            "n_perm": "positive_int", "top_k": "positive_int",
+                            "min_effect": "non_negative", "rank_by": "rank_by"},
     AttributionConfig: {"n_samples": "positive_int", "batch_size": "positive_int",
                         "top_k": "positive_int", "ig_steps": "positive_int"},
 }  # fmt: skip

@@ -83,8 +83,8 @@ def test_run_folder_holds_every_file_with_its_columns(run) -> None:
     a = [json.loads(x)["ids"] for x in (folder / "model_a/attributions.jsonl").open()]
     b = [json.loads(x)["ids"] for x in (folder / "model_b/attributions.jsonl").open()]
     assert a == b  # the same candidates, in the same order, under both models
-    diffs = [float(w["diff"]) for w in words]
-    assert diffs == sorted(diffs, reverse=True)
+    ranks = [float(w["t"]) for w in words]  # ranked by the paired t statistic (rank_by)
+    assert ranks == sorted(ranks, reverse=True)
     assert not list(folder.rglob("*.tmp"))
 
 
@@ -179,3 +179,33 @@ def test_candidates_from_a_third_data_config(run, capsys) -> None:
     poisoned_dev = (root / "data/poison/poisoned/dev/behaviors.tsv").read_text()
     ids = [json.loads(x)["ids"] for x in (folder / "model_b/attributions.jsonl").open()]
     assert len(ids) == 12 and all(f"\t{i['user_id']}\t" in poisoned_dev for i in ids)
+
+
+def test_reusing_explanations_recomputes_the_statistics_only(run, tmp_path, capsys) -> None:
+    root, folder = run
+    config = yaml.safe_load((root / "compare.yaml").read_text())
+    other = tmp_path / "compare_diff.yaml"
+    other.write_text(yaml.safe_dump({**config, "rank_by": "diff", "min_effect": 0.0}))
+    before = {p: p.read_bytes() for p in folder.rglob("*.jsonl")}
+    checkpoints = sorted(p.name for p in folder.rglob("*.pt"))
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    try:
+        code = main(["--config", str(other), "--run_dir", str(folder), "--quiet",
+                     "--reuse_explanations"])  # fmt: skip
+    finally:
+        mp.undo()
+    assert code == 0
+    assert {p: p.read_bytes() for p in folder.rglob("*.jsonl")} == before  # not re-explained
+    assert sorted(p.name for p in folder.rglob("*.pt")) == checkpoints  # nor retrained
+    _, words = _csv(folder / "words_diff.csv")
+    diffs = [float(w["diff"]) for w in words]
+    assert diffs == sorted(diffs, reverse=True)  # now ranked by diff
+    significant = [w for w in words if w["significant"] == "True"]
+    assert all(float(w["q_value"]) <= 0.05 for w in significant)  # min_effect 0: q alone
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["rank_by"] == "diff" and summary["min_effect"] == 0.0
+    capsys.readouterr()
+    assert main(["--config", str(other), "--quiet", "--reuse_explanations"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "needs the run folder that holds them (--run_dir)" in err

@@ -8,6 +8,7 @@ import random
 
 import numpy as np
 import pytest
+from scipy import stats
 from scipy.stats import false_discovery_control
 
 from attribution_analysis.evaluation.model_diff import (
@@ -15,7 +16,9 @@ from attribution_analysis.evaluation.model_diff import (
     candidate_changes,
     group_differences,
     paired_results,
+    paired_t,
     ranking_auprc,
+    robust_z,
     sign_flip_p_value,
     word_differences,
 )
@@ -41,16 +44,19 @@ def test_sign_flip_p_value_matches_exact_enumeration() -> None:
     assert sign_flip_p_value(np.zeros(5)) == 1.0
 
 
-def _results(seed: int, rise: float, n: int = 240) -> tuple[list, list]:
+def _results(seed: int, rise: float, n: int = 240, drift: float = 0.0) -> tuple[list, list]:
     """``n`` candidates under models A and B: scores are noise, except that trigger words
-    (in a third of the titles) score ``rise`` higher under B."""
+    (in a third of the titles) score ``rise`` higher under B; with ``drift``, every word gets
+    its own fixed shift under B, drawn from N(0, drift) (a retrained model's drift)."""
     rng = random.Random(seed)
+    shift = {w: random.Random(f"{seed}-{w}").gauss(0, drift) for w in OTHERS + TRIGGERS}
     results_a, results_b = [], []
     for k in range(n):
         words = rng.sample(OTHERS, 6) + (rng.sample(TRIGGERS, 1) if k % 3 == 0 else [])
         rng.shuffle(words)
         a = [rng.uniform(0, 0.6) for _ in words]
-        b = [s + rng.gauss(0, 0.1) + (rise if w in TRIGGERS else 0.0) for s, w in zip(a, words)]
+        b = [s + rng.gauss(0, 0.1) + shift[w] + (rise if w in TRIGGERS else 0.0)
+             for s, w in zip(a, words)]  # fmt: skip
         ids = {"impression_id": str(k), "news_id": f"N{k}", "user_id": "U1", "label": "1"}
         group = {"category": "injected" if k % 3 == 0 else "news"}
         for scores, out in ((a, results_a), (b, results_b)):
@@ -75,6 +81,30 @@ def test_no_word_is_significant_when_nothing_changed() -> None:
     rows = word_differences(*_results(1, rise=0.0), min_support=5, n_perm=2000)
     assert len(rows) == len(OTHERS) + len(TRIGGERS)
     assert not any(r["significant"] for r in rows)
+
+
+def test_paired_t_and_robust_z_by_formula() -> None:
+    d = np.array([0.3, -0.1, 0.5, 0.2, 0.4, 0.0])
+    assert paired_t(d) == pytest.approx(stats.ttest_1samp(d, 0.0).statistic)
+    assert paired_t(np.array([0.2])) == 0.0
+    v = [1.0, 2.0, 3.0, 4.0, 100.0]  # median 3, MAD 1
+    assert robust_z(v) == pytest.approx([(x - 3.0) / 1.4826 for x in v])
+
+
+def test_a_drift_every_word_shares_is_not_significant_but_a_larger_rise_is() -> None:
+    """Every word drifts by its own fixed amount (sd 0.15), as between two seeds of one model:
+    the paired test alone calls most of the 45 words significant (each drift is real and
+    consistent), the minimum effect size (robust z >= 2) only the tails (2 here; about 5% of a
+    normal drift lies beyond 2). A rise of 0.6 on the triggers on top of the same drift stands
+    out: they rank first by t and are all significant."""
+    drift = word_differences(*_results(2, rise=0.0, drift=0.15), n_perm=2000)
+    plain = word_differences(*_results(2, rise=0.0, drift=0.15), n_perm=2000, min_effect=0.0)
+    assert sum(r["significant"] for r in plain) >= 30
+    assert sum(r["significant"] for r in drift) <= 3
+    poisoned = word_differences(*_results(2, rise=0.6, drift=0.15), n_perm=2000)
+    assert {r["word"] for r in poisoned[: len(TRIGGERS)]} == set(TRIGGERS)
+    assert all(r["significant"] for r in poisoned if r["word"] in TRIGGERS)
+    assert ranking_auprc(poisoned, set(TRIGGERS), "t") == pytest.approx(1.0)
 
 
 def test_groups_and_candidates() -> None:

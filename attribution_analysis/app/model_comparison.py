@@ -152,7 +152,7 @@ def known_words(config: ModelComparisonConfig, data_ws: Workspace) -> list[str]:
     return []
 
 
-def _known_summary(words: list[dict], known: list[str]) -> dict | None:
+def _known_summary(words: list[dict], known: list[str], rank_by: str) -> dict | None:
     if not known:
         return None
     ranks = {r["word"]: i + 1 for i, r in enumerate(words)}
@@ -164,24 +164,68 @@ def _known_summary(words: list[dict], known: list[str]) -> dict | None:
         "significant": {
             w: next(r["significant"] for r in words if r["word"] == w) for w in present
         },
-        "auprc": ranking_auprc(words, set(known)) if present else math.nan,
+        "ranked_by": rank_by,
+        "auprc": ranking_auprc(words, set(known), rank_by) if present else math.nan,
     }
 
 
+def _attribution_file(run_dir: Path, model: str, method: str) -> Path:
+    name = "attributions.jsonl" if method == "diffmask" else f"attributions_{method}.jsonl"
+    return run_dir / f"model_{model}" / name
+
+
+def _saved_explanations(config: ModelComparisonConfig, run_dir: Path | None) -> dict:
+    """``{model: {method: AttributionRun}}`` read from a run folder (``--reuse_explanations``);
+    every file of every model and method must be there."""
+    if run_dir is None:
+        raise ConfigError("reusing explanations needs the run folder that holds them (--run_dir)")
+    methods = list(dict.fromkeys(["diffmask", *config.methods]))
+    missing = [str(p) for k in MODELS for m in methods
+               if not (p := _attribution_file(run_dir, k, m)).is_file()]  # fmt: skip
+    if missing:
+        raise FileNotFoundError(f"no saved explanations to reuse: {', '.join(missing)}")
+    return {k: {m: AttributionRun.load(_attribution_file(run_dir, k, m)) for m in methods}
+            for k in MODELS}  # fmt: skip
+
+
+def _check_same_candidates(examples: list, saved: dict, run_dir: Path) -> None:
+    want = sorted((e.impression.impression_id, e.news_id) for e in examples)
+    for k in MODELS:
+        for method, run in saved[k].items():
+            got = sorted((r.ids.get("impression_id"), r.ids.get("news_id")) for r in run.results)
+            if got != want:
+                raise ConfigError(
+                    f"{_attribution_file(run_dir, k, method)}: explains other candidates than "
+                    "this config draws; rerun without --reuse_explanations"
+                )
+
+
 def run_model_comparison(
-    config: ModelComparisonConfig, run_dir: str | Path | None = None, quiet: bool = False
+    config: ModelComparisonConfig,
+    run_dir: str | Path | None = None,
+    quiet: bool = False,
+    reuse_explanations: bool = False,
 ) -> ModelComparisonResult:
-    """Explain the same candidates with both models and write the comparison (module doc)."""
+    """Explain the same candidates with both models and write the comparison (module doc).
+
+    ``reuse_explanations``: read the explanations already in ``run_dir`` instead of training
+    and explaining (to recompute the statistics with other ``fdr``, ``min_effect``,
+    ``rank_by``, ...); they must come from the same models and candidates.
+    """
     seed_everything(config.seed)
     parse_method_list(",".join(config.methods) or "diffmask")  # unknown names fail now
+    saved = _saved_explanations(config, Path(run_dir) if run_dir else None) if (
+        reuse_explanations) else None  # fmt: skip
     run_dir = Path(run_dir) if run_dir else timestamped_dir(resolve_path(config.output_dir))
     spaces = _workspaces(config, quiet)
     data_ws = _data_workspace(config, spaces)
     examples = _candidates(config, data_ws)
+    if saved is not None:
+        _check_same_candidates(examples, saved, run_dir)
     set_resume_hint(f"rerun the same command with --run_dir {run_dir} to resume")
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
-    runs = {}
-    for k in MODELS:
+    runs = saved or {}
+    for k in MODELS if saved is None else ():
         if not quiet:
             print(f"[compare] model {k.upper()}: DIFFMASK and {len(examples)} explanations")
         runs[k] = _explain(spaces[k], _view(spaces[k], data_ws), examples, config,
@@ -204,7 +248,7 @@ def run_model_comparison(
         row["title"] = res.annotations.get("title")
     summary = _summary(config, words, groups, candidates, known, run_dir)
     summary["other_methods"] = {
-        name: _ranking(w, g, known, config.top_k)
+        name: _ranking(w, g, known, config)
         for name, (w, g) in per_method.items()
         if name != "diffmask"
     }
@@ -222,6 +266,8 @@ def _differences(config, data_ws, a, b) -> tuple[list[dict], list[dict]]:
         "n_boot": config.n_boot,
         "n_perm": config.n_perm,
         "seed": config.seed,
+        "min_effect": config.min_effect,
+        "rank_by": config.rank_by,
     }
     words = word_differences(a, b, **stats)
     groups = []
@@ -245,16 +291,16 @@ def _group_known(groups: list[dict], known: list[str]) -> dict:
     return out
 
 
-def _ranking(words: list[dict], groups: list[dict], known: list[str], top_k: int) -> dict:
+def _ranking(words: list[dict], groups: list[dict], known: list[str], config) -> dict:
     """What one method's word differences say: significant rises and falls, the top words,
     and the known words' ranks overall and per group."""
     return {
         "n_words_tested": len(words),
         "n_significant_rising": sum(r["significant"] and r["diff"] > 0 for r in words),
         "n_significant_falling": sum(r["significant"] and r["diff"] < 0 for r in words),
-        "top_rising": [r["word"] for r in words[:top_k] if r["diff"] > 0],
-        "top_falling": [r["word"] for r in reversed(words[-top_k:]) if r["diff"] < 0],
-        "known_words": _known_summary(words, known),
+        "top_rising": [r["word"] for r in words[: config.top_k] if r["diff"] > 0],
+        "top_falling": [r["word"] for r in reversed(words[-config.top_k :]) if r["diff"] < 0],
+        "known_words": _known_summary(words, known, config.rank_by),
         "known_words_in_groups": _group_known(groups, known),
     }
 
@@ -267,9 +313,11 @@ def _summary(config, words, groups, candidates, known, run_dir) -> dict:
         "n_candidates": len(candidates),
         "mean_prob_a": sum(probs["a"]) / max(len(probs["a"]), 1),
         "mean_prob_b": sum(probs["b"]) / max(len(probs["b"]), 1),
-        **_ranking(words, groups, known, config.top_k),
+        **_ranking(words, groups, known, config),
         "groups": sorted({g["group"] for g in groups}),
         "fdr": config.fdr,
+        "min_effect": config.min_effect,
+        "rank_by": config.rank_by,
         "run_dir": str(run_dir),
     }
 
@@ -287,7 +335,8 @@ def _write(run_dir, words, groups, candidates, summary, runs, config) -> None:
         run_dir / "report.html",
         settings={"model A": config.model_a, "model B": config.model_b,
                   "candidates": f"{summary['n_candidates']} from {source}",
-                  "min support": config.min_support, "FDR": config.fdr},
+                  "min support": config.min_support, "FDR": config.fdr,
+                  "min effect (robust z)": config.min_effect, "ranked by": config.rank_by},
         summary=summary,
         words=words,
         groups=groups,

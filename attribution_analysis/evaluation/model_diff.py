@@ -9,10 +9,18 @@ A and under model B. Per word:
 * ``mean_a``, ``mean_b``: mean attribution; ``kept_a``, ``kept_b``: share of occurrences with a
   score >= ``keep_threshold`` (DIFFMASK: the token must be kept);
 * ``diff = mean_b - mean_a`` with a percentile-bootstrap 95% interval over occurrences;
+* ``t``: the paired t statistic ``mean(b - a) / (sd(b - a) / sqrt(n))`` (standard error
+  floored at 1e-12): the evidence for the change, which grows with how often the word was seen
+  and how consistently it changed. Rows are ranked by ``rank_by`` (default ``t``; ``diff`` or
+  ``diff_low``, the interval's lower end);
+* ``effect_z``: the word's ``diff`` as a robust z-score among all words of the table (of its
+  group, for groups): ``(diff - median) / (1.4826 * MAD)``. A change that every word shares (a
+  model that scores everything higher, or the drift of a retrained model) is not an outlier;
 * ``p_value``: two-sided paired sign-flip permutation test of ``mean(b - a) = 0`` (under the
   null, each pair's difference is as likely to have either sign); ``q_value``: the
   Benjamini-Hochberg adjusted p-value over all words tested together; ``significant``:
-  ``q_value <= fdr``.
+  ``q_value <= fdr`` and ``|effect_z| >= min_effect`` (default 2): reliable *and* large
+  against how much words change in general between the two models.
 
 Occurrences of one word in one title are rare (titles repeat words seldom), so occurrences are
 treated as independent pairs.
@@ -31,8 +39,10 @@ from attribution_analysis.evaluation.statistics import bootstrap_ci
 from attribution_analysis.methods.result import AttributionResult
 
 WORD_COLUMNS = ("word", "n", "mean_a", "mean_b", "kept_a", "kept_b", "diff", "diff_low",
-                "diff_high", "p_value", "q_value", "significant")  # fmt: skip
+                "diff_high", "t", "effect_z", "p_value", "q_value", "significant")  # fmt: skip
 """Columns of ``words_diff.csv`` (``groups_diff.csv`` adds ``group`` first)."""
+RANK_KEYS = ("t", "diff", "diff_low")
+"""What the word tables can be ranked by (``rank_by``)."""
 
 
 def _key(result: AttributionResult) -> tuple:
@@ -117,15 +127,46 @@ def _word_row(word: str, pairs: list[tuple[float, float]], keep: float, n_boot: 
         "diff": diff,
         "diff_low": low,
         "diff_high": high,
+        "t": paired_t(d),
         "p_value": sign_flip_p_value(d, n_perm, seed),
     }
 
 
-def _with_q(rows: list[dict], fdr: float) -> list[dict]:
+def paired_t(d: np.ndarray) -> float:
+    """``mean(d) / (sd(d) / sqrt(n))`` (sample sd; the standard error floored at 1e-12; 0 for
+    fewer than 2 values)."""
+    d = np.asarray(d, dtype=float)
+    if d.size < 2:
+        return 0.0
+    se = max(float(d.std(ddof=1)) / math.sqrt(d.size), 1e-12)
+    return float(d.mean()) / se
+
+
+def robust_z(values: Sequence[float]) -> list[float]:
+    """``(v - median) / (1.4826 * MAD)`` of each value (MAD floored at 1e-12)."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return []
+    median = np.median(v)
+    scale = max(1.4826 * float(np.median(np.abs(v - median))), 1e-12)
+    return ((v - median) / scale).tolist()
+
+
+def _with_q(rows: list[dict], fdr: float, min_effect: float, rank_by: str) -> list[dict]:
+    """Add ``effect_z`` (within each ``group``, if rows have one), ``q_value`` and
+    ``significant``; sort by ``rank_by``, largest first."""
+    if rank_by not in RANK_KEYS:
+        raise ValueError(f"rank_by must be one of {RANK_KEYS}, got {rank_by!r}")
+    by_group: dict[str | None, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_group[row.get("group")].append(row)
+    for members in by_group.values():
+        for row, z in zip(members, robust_z([r["diff"] for r in members])):
+            row["effect_z"] = z
     for row, q in zip(rows, benjamini_hochberg([r["p_value"] for r in rows])):
         row["q_value"] = q
-        row["significant"] = bool(q <= fdr)
-    return sorted(rows, key=lambda r: (-r["diff"], r["word"]))
+        row["significant"] = bool(q <= fdr and abs(row["effect_z"]) >= min_effect)
+    return sorted(rows, key=lambda r: (-r[rank_by], r["word"]))
 
 
 def word_differences(
@@ -137,16 +178,18 @@ def word_differences(
     n_boot: int = 1000,
     n_perm: int = 4000,
     seed: int = 0,
+    min_effect: float = 2.0,
+    rank_by: str = "t",
 ) -> list[dict]:
     """One row per word seen at least ``min_support`` times (columns :data:`WORD_COLUMNS`),
-    sorted by ``diff`` (most risen under B first)."""
+    sorted by ``rank_by`` (most risen under B first)."""
     occurrences = _occurrences(paired_results(results_a, results_b))
     rows = [
         _word_row(word, occ, keep_threshold, n_boot, n_perm, seed)
         for word, occ in sorted(occurrences.items())
         if len(occ) >= min_support
     ]
-    return _with_q(rows, fdr)
+    return _with_q(rows, fdr, min_effect, rank_by)
 
 
 def group_differences(
@@ -159,6 +202,8 @@ def group_differences(
     n_boot: int = 1000,
     n_perm: int = 4000,
     seed: int = 0,
+    min_effect: float = 2.0,
+    rank_by: str = "t",
 ) -> list[dict]:
     """:func:`word_differences` within each group of candidates (``group_of(result)``, ``None``:
     no group); the false discovery rate is controlled over all groups and words together.
@@ -179,8 +224,8 @@ def group_differences(
         for word, occ in sorted(_occurrences(pairs).items()):
             if len(occ) >= min_support:
                 rows.append({**info, **_word_row(word, occ, keep_threshold, n_boot, n_perm, seed)})
-    rows = _with_q(rows, fdr)
-    return sorted(rows, key=lambda r: (r["group"], -r["diff"], r["word"]))
+    rows = _with_q(rows, fdr, min_effect, rank_by)
+    return sorted(rows, key=lambda r: (r["group"], -r[rank_by], r["word"]))
 
 
 def _mean(values) -> float:
@@ -209,9 +254,9 @@ def candidate_changes(
     return out
 
 
-def ranking_auprc(rows: Sequence[dict], positives: set[str], key: str = "diff") -> float:
+def ranking_auprc(rows: Sequence[dict], positives: set[str], key: str = "t") -> float:
     """AUPRC of ``positives`` (e.g. known trigger words) against the other words, ranked by
-    ``key``: 1.0 when every positive word rose more than every other word."""
+    ``key``: 1.0 when every positive word ranks above every other word."""
     gold = [int(r["word"] in positives) for r in rows]
     return auprc(gold, [r[key] for r in rows])
 
@@ -222,7 +267,9 @@ __all__ = [
     "candidate_changes",
     "group_differences",
     "paired_results",
+    "paired_t",
     "ranking_auprc",
+    "robust_z",
     "sign_flip_p_value",
     "word_differences",
 ]

@@ -26,8 +26,8 @@ from attribution_analysis.reporting.html_report import (
 )
 from attribution_analysis.utils.io import atomic_write_text
 
-WORD_TABLE = ("word", "n", "mean_a", "mean_b", "diff", "diff_low", "diff_high", "q_value",
-              "significant")  # fmt: skip
+WORD_TABLE = ("word", "n", "mean_a", "mean_b", "diff", "diff_low", "diff_high", "t",
+              "effect_z", "q_value", "significant")  # fmt: skip
 GROUP_TABLE = ("group", "n_candidates", "prob_a", "prob_b", *WORD_TABLE)
 MAX_CARDS = 200
 _EXTRA_CSS = (
@@ -53,8 +53,12 @@ def _words_section(words: Sequence[Mapping[str, Any]], top_k: int) -> str:
     falling = [w for w in reversed(words) if w["diff"] < 0][:top_k]
     note = (
         '<p class="muted">diff = mean attribution under B minus under A, with its 95% '
-        "bootstrap interval; q = Benjamini-Hochberg adjusted p-value of a paired sign-flip "
-        "test; significant: q at or below the false discovery rate.</p>"
+        "bootstrap interval; t = the paired t statistic (the change over its standard error: "
+        "words seen often with a consistent change rank first), the order of these lists; "
+        "effect_z = the change as a robust z-score among all words (a change every word "
+        "shares is not an outlier); q = Benjamini-Hochberg adjusted p-value of a paired "
+        "sign-flip test; significant: q at or below the false discovery rate and |effect_z| "
+        "at least the minimum effect.</p>"
     )
     body = (
         note + "<h3>Rising under model B</h3>" + _table(WORD_TABLE, rising, "words-rising")
