@@ -435,9 +435,10 @@ class DIFFMASK(nn.Module):
         sparsity alone, which closes decisive gates until examples leave the margin, lambda
         rises and reopens them, a cycle that never levels off. Under the per-example (hinge)
         constraint the floor acts only on examples outside the margin. ``train_diffmask``
-        applies it from the second epoch on: in the first, lambda may fall to 0 so that
-        sparsity alone prunes the gates from fully open before the constraint binds (with the
-        floor from the first step, lambda crept upwards for 12+ epochs on the news task).
+        applies it once lambda has first risen above it (the constraint has bound): before,
+        lambda may fall to 0 so that sparsity alone prunes the gates from fully open (a floor
+        from the first step held every gate open on a small classifier and made lambda creep
+        for 12+ epochs on the news task).
         """
         low = self.settings.get("lambda_min", 0.0) if floor else 0.0
         with torch.no_grad():

@@ -7,8 +7,9 @@ re-exported here, the module of the public training API.
 ``train_diffmask`` minimises ``DIFFMASK.lagrangian`` (sparsity term + lambda * constraint term +
 logit decay; see there) with Adam for the probe (``lr_probe``) and the baseline
 (``lr_baseline``) and ascends lambda with Adam on ``DIFFMASK.dual_signal`` (``lr_lambda``),
-lambda clamped to ``[0, lambda_max]`` after every step of the first epoch and to
-``[lambda_min, lambda_max]`` from the second on. Training stops when the convergence
+lambda clamped to ``[0, lambda_max]`` after every step until it first rises above
+``lambda_min`` (the constraint binds) and to ``[lambda_min, lambda_max]`` from then on
+(:func:`floor_armed`). Training stops when the convergence
 rule holds (:mod:`.convergence`) or at the ``n_epochs`` cap. The explained model is
 frozen (no gradient reaches its weights) and in eval mode (dropout off). A checkpoint is written
 atomically every epoch to ``<output_dir>/checkpoints/diffmask_epoch_<N>.pt``; the sparsest
@@ -200,6 +201,15 @@ def _train_step(
     return mean_over_processes(accelerator, out)
 
 
+def floor_armed(steps: list[dict], lambda_min: float) -> bool:
+    """Whether the floor ``lambda_min`` holds: once lambda has risen above it (the constraint
+    has bound), from the next step on. Before that, lambda may fall to 0, so that sparsity alone
+    prunes the gates from fully open (a floor from the first step holds every gate open on
+    small or slowly learning probes, and made lambda creep on the news task). Read from the
+    per-step history, so a resumed run knows it."""
+    return any(s["lambda"] > lambda_min for s in steps)
+
+
 def _params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for g in opt.param_groups for p in g["params"]]
 
@@ -306,6 +316,7 @@ def train_diffmask(
         status = check_convergence(history.epochs, convergence, lambda_max)
         history.convergence = {**status.to_dict(), "rule": convergence.to_dict()}
     done = history.converged
+    floor = floor_armed(history.steps, diffmask.settings.get("lambda_min", 0.0))
     train_cache = OriginalPassCache() if t.cache_original_pass else None
     val_cache = OriginalPassCache() if t.cache_original_pass else None
     with frozen(model):
@@ -328,7 +339,7 @@ def train_diffmask(
                         gen,
                         accelerator,
                         train_cache,
-                        floor=epoch > 1,  # lambda_min holds from the second epoch on
+                        floor=floor,
                     )
                 except TrainingDiverged as exc:
                     last = latest_checkpoint(ckpt_dir) if save_checkpoints else None
@@ -337,6 +348,7 @@ def train_diffmask(
                     ) from None
                 m.update(epoch=epoch, step=len(history.steps) + 1)
                 history.steps.append(m)
+                floor = floor or floor_armed([m], diffmask.settings.get("lambda_min", 0.0))
                 rows.append(m)
                 bar.set_postfix(
                     l0=f"{m['l0']:.3f}",
