@@ -362,3 +362,21 @@ def test_attributions_read_the_same_hidden_states_as_the_full_forward(setup):
     for i, r in enumerate(explained):
         n = int(mask[i].sum())
         assert r.token_scores == pytest.approx(scores[i, :n].tolist(), abs=1e-6)
+
+
+def test_a_checkpoint_from_before_the_lambda_floor_loads_without_one(setup, tmp_path):
+    """Checkpoints written before ``lambda_min`` existed were trained without a floor: they
+    load with ``lambda_min = 0`` (even with ``lambda_init = 0``), and resuming such a run with
+    the floor is refused as other settings."""
+    tok, _, model, _ = setup
+    dm = _diffmask(setup, probe_type="simple", lambda_min=0.0, lambda_init=0.0)
+    train_diffmask(dm, _loader(setup, 16), n_epochs=1, output_dir=tmp_path, quiet=True)
+    path = tmp_path / "checkpoints" / "diffmask_epoch_1.pt"
+    blob = torch.load(path, weights_only=True)
+    del blob["settings"]["lambda_min"]
+    torch.save(blob, path)
+    loaded = load_diffmask_checkpoint(path, model)
+    assert loaded.settings["lambda_min"] == 0.0 and loaded.settings["lambda_init"] == 0.0
+    with pytest.raises(ValueError, match="other DIFFMASK settings.*lambda_min"):
+        train_diffmask(_diffmask(setup, probe_type="simple"), _loader(setup, 16), n_epochs=2,
+                       output_dir=tmp_path, quiet=True)  # fmt: skip

@@ -79,7 +79,14 @@ def check_compatible(blob: dict, model: nn.Module | ExplainedModel, path: str | 
         )
 
 
+def saved_settings(settings: dict) -> dict:
+    """A checkpoint's settings, with the defaults of settings added since it was written:
+    ``lambda_min`` 0 (checkpoints from before the floor were trained without one)."""
+    return {"lambda_min": 0.0, **settings}
+
+
 def _from_settings(model, settings: dict, state: dict) -> DIFFMASK:
+    settings = saved_settings(settings)
     kwargs = DIFFMASK.constructor_settings(settings)
     diffmask = DIFFMASK(model, **kwargs)
     diffmask.load_state_dict(state)
@@ -129,7 +136,7 @@ def check_resumable(ckpt_dir: Path, diffmask: DIFFMASK) -> None:
     if found is not None:
         path, blob = found
         check_compatible(blob, diffmask.adapter, path)
-        check_same_settings(blob["settings"], diffmask.settings, path)
+        check_same_settings(saved_settings(blob["settings"]), diffmask.settings, path)
 
 
 def check_same_settings(saved: dict, current: dict, path: Path) -> None:

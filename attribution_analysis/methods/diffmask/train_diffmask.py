@@ -43,6 +43,7 @@ from attribution_analysis.methods.diffmask.checkpoint import (
     load_diffmask_checkpoint,
     read_checkpoint,
     rebind_diffmask,
+    saved_settings,
 )
 from attribution_analysis.methods.diffmask.convergence import (
     ConvergenceRule,
@@ -296,7 +297,7 @@ def train_diffmask(
     if found is not None:
         latest, blob = found
         check_compatible(blob, model, latest)
-        check_same_settings(blob["settings"], diffmask.settings, latest)
+        check_same_settings(saved_settings(blob["settings"]), diffmask.settings, latest)
         history = _restore(diffmask, optimizers, scheduler, gen, blob, ckpt_dir)
         history.run_dir, start = run_dir, blob["epoch"]
         if main:
