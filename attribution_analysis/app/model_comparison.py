@@ -214,8 +214,9 @@ def run_model_comparison(
     """
     seed_everything(config.seed)
     parse_method_list(",".join(config.methods) or "diffmask")  # unknown names fail now
-    saved = _saved_explanations(config, Path(run_dir) if run_dir else None) if (
-        reuse_explanations) else None  # fmt: skip
+    saved = None
+    if reuse_explanations:
+        saved = _saved_explanations(config, Path(run_dir) if run_dir else None)
     run_dir = Path(run_dir) if run_dir else timestamped_dir(resolve_path(config.output_dir))
     spaces = _workspaces(config, quiet)
     data_ws = _data_workspace(config, spaces)
@@ -224,12 +225,13 @@ def run_model_comparison(
         _check_same_candidates(examples, saved, run_dir)
     set_resume_hint(f"rerun the same command with --run_dir {run_dir} to resume")
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
-    runs = saved or {}
-    for k in MODELS if saved is None else ():
-        if not quiet:
-            print(f"[compare] model {k.upper()}: DIFFMASK and {len(examples)} explanations")
-        runs[k] = _explain(spaces[k], _view(spaces[k], data_ws), examples, config,
-                           run_dir / f"model_{k}", quiet)  # fmt: skip
+    runs = saved if saved is not None else {}
+    if saved is None:
+        for k in MODELS:
+            if not quiet:
+                print(f"[compare] model {k.upper()}: DIFFMASK and {len(examples)} explanations")
+            runs[k] = _explain(spaces[k], _view(spaces[k], data_ws), examples, config,
+                               run_dir / f"model_{k}", quiet)  # fmt: skip
     known = known_words(config, data_ws)
     per_method = {}
     for name in runs["a"]:
@@ -291,7 +293,9 @@ def _group_known(groups: list[dict], known: list[str]) -> dict:
     return out
 
 
-def _ranking(words: list[dict], groups: list[dict], known: list[str], config) -> dict:
+def _ranking(
+    words: list[dict], groups: list[dict], known: list[str], config: ModelComparisonConfig
+) -> dict:
     """What one method's word differences say: significant rises and falls, the top words,
     and the known words' ranks overall and per group."""
     return {
