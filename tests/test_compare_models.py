@@ -48,16 +48,21 @@ def _configs(root: Path) -> Path:
     return root / "compare.yaml"
 
 
+def _main_in(root: Path, argv: list[str]) -> int:
+    """``compare_models`` run from ``root`` (the configs' relative paths resolve there)."""
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    try:
+        return main(argv)
+    finally:
+        mp.undo()
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cmp")
     config = _configs(root)
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)
-    try:
-        assert main(["--config", str(config), "--quiet"]) == 0
-    finally:
-        mp.undo()
+    assert _main_in(root, ["--config", str(config), "--quiet"]) == 0
     (folder,) = (root / "output" / "compare").glob("run_*")
     return root, folder
 
@@ -111,12 +116,7 @@ def test_other_tokenizers_are_refused(run, tmp_path, capsys) -> None:
     cfg = yaml.safe_load((root / "compare.yaml").read_text())
     cfg["model_b"] = "attr_other.yaml"
     (root / "other.yaml").write_text(yaml.safe_dump(cfg))
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)
-    try:
-        assert main(["--config", "other.yaml", "--quiet"]) == 2
-    finally:
-        mp.undo()
+    assert _main_in(root, ["--config", "other.yaml", "--quiet"]) == 2
     assert "error:" in capsys.readouterr().err
 
 
@@ -166,12 +166,7 @@ def test_candidates_from_a_third_data_config(run, capsys) -> None:
     cfg.update(model_b="attr_clean.yaml", candidates_data="rec_poisoned.yaml",
                output_dir="output/control", n_samples=12, methods=["diffmask"])  # fmt: skip
     (root / "control.yaml").write_text(yaml.safe_dump(cfg))
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)
-    try:
-        assert main(["--config", "control.yaml", "--quiet"]) == 0
-    finally:
-        mp.undo()
+    assert _main_in(root, ["--config", "control.yaml", "--quiet"]) == 0
     (folder,) = (root / "output" / "control").glob("run_*")
     summary = json.loads((folder / "summary.json").read_text())
     meta = json.loads((root / "data/poison/poisoned/meta.json").read_text())
@@ -188,14 +183,8 @@ def test_reusing_explanations_recomputes_the_statistics_only(run, tmp_path, caps
     other.write_text(yaml.safe_dump({**config, "rank_by": "diff", "min_effect": 0.0}))
     before = {p: p.read_bytes() for p in folder.rglob("*.jsonl")}
     checkpoints = sorted(p.name for p in folder.rglob("*.pt"))
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)
-    try:
-        code = main(["--config", str(other), "--run_dir", str(folder), "--quiet",
-                     "--reuse_explanations"])  # fmt: skip
-    finally:
-        mp.undo()
-    assert code == 0
+    args = ["--config", str(other), "--run_dir", str(folder), "--quiet", "--reuse_explanations"]
+    assert _main_in(root, args) == 0
     assert {p: p.read_bytes() for p in folder.rglob("*.jsonl")} == before  # not re-explained
     assert sorted(p.name for p in folder.rglob("*.pt")) == checkpoints  # nor retrained
     _, words = _csv(folder / "words_diff.csv")
