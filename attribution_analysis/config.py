@@ -86,6 +86,7 @@ class TrainConfig:
     warmup_steps: int = 50
     max_steps_per_epoch: int | None = None
     grad_clip: float = 1.0
+    history_plm_grad: bool = True
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "no"
@@ -108,13 +109,16 @@ class RecommenderConfig:
 class ConvergenceRule:
     """When DIFFMASK training has converged (see ``methods/diffmask/convergence.py``): over the
     last ``window + 1`` epochs, spread(lambda) <= ``lambda_atol + lambda_rtol * mean|lambda|``
-    and spread(validation L0) <= ``l0_atol``, after at least ``min_epochs`` epochs."""
+    and spread(validation L0) <= ``l0_atol``, after at least ``min_epochs`` epochs. Training
+    also stops (not converged) on a validation plateau: ``patience`` epochs in a row without a
+    selectable epoch that lowers the best validation L0 by more than ``l0_atol``."""
 
     window: int = 3  # epochs over which both must be level (needs window + 1 epochs)
     lambda_rtol: float = 0.1  # relative tolerance on the spread of the epoch-mean lambda
     lambda_atol: float = 1.0  # absolute tolerance on it (a lambda hovering near 0 is level)
     l0_atol: float = 0.01  # tolerance on the spread of the validation share of kept tokens
     min_epochs: int = 4  # never stop before this many epochs
+    patience: int = 4  # plateau stop after this many epochs without improvement (0: off)
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -125,6 +129,8 @@ class ConvergenceRule:
                 raise ConfigError(f"{name} must be >= 0, got {value}")
         if self.min_epochs < 1:
             raise ConfigError(f"min_epochs must be >= 1, got {self.min_epochs}")
+        if self.patience < 0:
+            raise ConfigError(f"patience must be >= 0 (0: no plateau stop), got {self.patience}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -286,7 +286,11 @@ def run_benchmark(
                 "diffmask": diffmask_numbers(ws, results, diffmask.margin),
                 "methods": {r: method_numbers(by_removal[r]) for r in REMOVALS},
                 "seconds_per_example": {**seconds, "diffmask_extract": dm_seconds},
-                "training": {"best_epoch": history.best_epoch, "epochs": history.epochs},
+                "training": {
+                    "best_epoch": history.best_epoch,
+                    "epochs": history.epochs,
+                    "stop_reason": (history.convergence or {}).get("stop_reason"),
+                },
                 "lambda": float(diffmask.lagrange_multiplier.detach()),
             }
         )
@@ -436,6 +440,18 @@ def markdown(report: dict) -> str:
             [label, str(cells["n_samples"])] + [_pm(cells.get(k, nan)) for k in DIFFMASK_METRICS]
         )
     lines += _table(["subset", "n", *DIFFMASK_METRICS.values()], rows)
+    lines += ["## DIFFMASK training", ""]
+    rows = [
+        [
+            str(p["seed"]),
+            str(len(p["training"]["epochs"])),
+            str(p["training"]["best_epoch"]),
+            str(p["training"].get("stop_reason")),
+            _num(p["lambda"], 1),
+        ]
+        for p in report["per_seed"]
+    ]
+    lines += _table(["seed", "epochs", "best epoch", "stopped", "final lambda"], rows)
     lines += ["## Targets", ""]
     rows = [
         [

@@ -14,6 +14,7 @@ from attribution_analysis.methods.diffmask import DIFFMASK
 from attribution_analysis.methods.diffmask.convergence import (
     ConvergenceRule,
     check_convergence,
+    epochs_without_improvement,
 )
 from attribution_analysis.methods.diffmask.train_diffmask import floor_armed, train_diffmask
 from attribution_analysis.models.sequence_classifier import (
@@ -253,6 +254,70 @@ def test_convergence_rule_on_known_histories():
     assert not check_convergence(_epochs([1], [0.2]), rule).converged
     with pytest.raises(ValueError):
         ConvergenceRule(window=0)
+
+
+def _val_epochs(lambdas, l0s, within):
+    return [
+        {"epoch": i + 1, "lambda": a, "val_l0": b, "val_within_margin": c}
+        for i, (a, b, c) in enumerate(zip(lambdas, l0s, within))
+    ]
+
+
+def test_plateau_rule_on_known_histories():
+    """The validation plateau: counted in epochs that meet the target, from the last one that
+    lowered the validation L0 by more than l0_atol; smaller gains do not reset it, epochs under
+    the target are not counted; lambda creeping does not matter; not called converged."""
+    rule = ConvergenceRule(l0_atol=0.01, min_epochs=4, patience=4)
+    creeping = [12, 42, 49, 50, 50, 51, 52, 54, 58, 62, 67]  # never level over 4 epochs
+    l0s = [0.01, 0.234, 0.233, 0.231, 0.2145, 0.2305, 0.2005, 0.2118, 0.211, 0.2096, 0.2133]
+    within = [0.36, 0.98, 0.97, 0.98, 0.97, 0.97, 0.94, 0.97, 0.94, 0.97, 0.98]
+    # epoch 2 sets the reference, epoch 5 beats it by 0.0195; epochs 7 and 9 are under the
+    # target (not counted), epochs 6, 8, 10, 11 gain less than 0.01 over 0.2145: 4 at epoch 11
+    assert epochs_without_improvement(_val_epochs(creeping, l0s, within), 0.95, 0.01) == 4
+    for n, expected in [(10, False), (11, True)]:
+        status = check_convergence(
+            _val_epochs(creeping, l0s, within)[:n], rule, 200.0, target_within_margin=0.95
+        )
+        assert status.plateau is expected and not status.converged
+        assert status.stop is expected
+    assert "validation plateau" in status.describe()
+    # a gain of more than l0_atol resets the count; slow gains that add up to it count too
+    slow = [0.30, 0.296, 0.292, 0.288, 0.284, 0.28, 0.279]  # epoch 4: 0.012 below epoch 1
+    assert epochs_without_improvement(_val_epochs(creeping, slow, [1.0] * 7), 0.95, 0.01) == 3
+    # nothing meets the target: no plateau (training has nothing to deliver yet)
+    none_ok = _val_epochs(creeping, l0s, [0.5] * 11)
+    assert epochs_without_improvement(none_ok, 0.95, 0.01) is None
+    assert not check_convergence(none_ok, rule, target_within_margin=0.95).plateau
+    # patience 0 switches the plateau stop off; without a target it is never judged
+    epochs = _val_epochs(creeping, l0s, within)
+    off = ConvergenceRule(patience=0)
+    assert not check_convergence(epochs, off, target_within_margin=0.95).plateau
+    assert not check_convergence(epochs, rule).plateau
+    assert not check_convergence(epochs[:3], ConvergenceRule(patience=1, min_epochs=4),
+                                 target_within_margin=0.95).plateau  # fmt: skip
+    with pytest.raises(ValueError):
+        ConvergenceRule(patience=-1)
+
+
+def test_training_stops_on_a_plateau_and_says_it_did_not_converge(classifier, tmp_path, capsys):
+    """The level rule cannot be judged before 6 epochs (window 5) and no epoch can gain more
+    than l0_atol = 1: the run stops once `patience` epochs passed the first selectable one,
+    reports "plateau" (not converged), keeps the best epoch, and does not train further on
+    resume."""
+    train = DataLoader(TASK.generate(256, seed=6), batch_size=64)
+    val = DataLoader(TASK.generate(64, seed=7), batch_size=64)
+    rule = ConvergenceRule(window=5, l0_atol=1.0, min_epochs=1, patience=2)
+    kwargs = dict(n_epochs=10, val_loader=val, output_dir=tmp_path, convergence=rule,
+                  target_within_margin=0.0)  # fmt: skip
+    history = train_diffmask(_diffmask(classifier), train, **kwargs)
+    assert len(history.epochs) == 3 and history.best_epoch is not None
+    assert not history.converged and history.stopped
+    assert history.convergence["stop_reason"] == "plateau"
+    out = capsys.readouterr().out
+    assert "validation plateau, NOT converged" in out and "without converging" not in out
+    again = train_diffmask(_diffmask(classifier), train, quiet=True, **kwargs)
+    assert len(again.epochs) == 3 and again.convergence["plateau"]
+    assert not (tmp_path / "checkpoints" / "diffmask_epoch_4.pt").exists()
 
 
 def test_training_stops_when_converged_and_says_when_it_did_not(classifier, capsys):

@@ -253,7 +253,11 @@ def _training_line(training: dict) -> str:
     if not training["trained"]:
         return "not trained in this run (checkpoint used as given)"
     conv = training.get("convergence") or {}
-    state = "converged" if training["converged"] else "stopped at the epoch cap, NOT converged"
+    state = {
+        "converged": "converged",
+        "plateau": "stopped on a validation plateau (no better epoch for "
+        f"{conv.get('epochs_without_improvement')} epochs), NOT converged",
+    }.get(conv.get("stop_reason"), "stopped at the epoch cap, NOT converged")
     spread = conv.get("lambda_spread")
     detail = (
         ""

@@ -140,6 +140,7 @@ def diffmask_scores(model, setup: KnownAnswerSetup, seed: int, test) -> dict:
         "train_seconds": train_seconds,
         "epochs": len(history.epochs),
         "converged": history.converged,
+        "stop_reason": (history.convergence or {}).get("stop_reason"),
         "within_margin": held_out["within_margin"],
         "kept_share": held_out["l0"],
         "distinct_scores": distinct,

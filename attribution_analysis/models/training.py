@@ -163,7 +163,7 @@ def train_recommender(
     model = build_nrms(config.model, len(tokenizer)).to(accelerator.device)
     optimizer = _optimizer(model, config)
     scheduler = _warmup(optimizer, tc.warmup_steps)
-    scorer, optimizer = accelerator.prepare(ClickScorer(model), optimizer)
+    scorer, optimizer = accelerator.prepare(ClickScorer(model, tc.history_plm_grad), optimizer)
 
     start_epoch, best, history = 0, {"auc": -math.inf}, []
     found = _latest_checkpoint(ckpt_dir, main)

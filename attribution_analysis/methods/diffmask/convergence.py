@@ -16,6 +16,16 @@ near 0 (a slack constraint: every example is inside the margin without pressure)
 A multiplier pinned at its cap ``lambda_max`` is never "level": the constraint could not be met
 with the largest pressure allowed (e.g. every gate closed and unable to reopen).
 
+A run that is not level can still stop on a **validation plateau**: ``patience`` epochs that
+meet the validation target (``target_within_margin`` of the validation examples within the
+margin: the epochs training may deliver) have passed without one that lowers the validation
+L0 by more than ``l0_atol`` below the last such improvement (epochs under the target are not
+counted). Training delivers the
+best epoch, so further epochs would deliver the same explanation unless they beat it; this
+ends runs whose multiplier creeps without changing what is delivered (seen when the
+training-share goal sits at the edge of what the probe reaches). Such a run is reported as
+stopped on a plateau, not as converged.
+
 The tolerances are a :class:`~attribution_analysis.config.ConvergenceRule` (the
 ``diffmask.training.convergence`` config section; re-exported here).
 """
@@ -42,6 +52,13 @@ class ConvergenceStatus:
     l0_spread: float | None
     l0_tolerance: float
     lambda_at_cap: bool = False
+    plateau: bool = False
+    epochs_without_improvement: int | None = None
+
+    @property
+    def stop(self) -> bool:
+        """Whether training should stop: converged, or on a validation plateau."""
+        return self.converged or self.plateau
 
     @classmethod
     def from_dict(cls, data: dict) -> ConvergenceStatus:
@@ -56,11 +73,17 @@ class ConvergenceStatus:
         state = "converged" if self.converged else "not converged"
         if self.lambda_at_cap:
             state += " (lambda at its cap lambda_max)"
-        return (
+        line = (
             f"{state} after {self.epochs} epochs: lambda spread {self.lambda_spread:.3g} "
             f"(tolerance {self.lambda_tolerance:.3g}), validation L0 spread "
             f"{self.l0_spread:.3g} (tolerance {self.l0_tolerance:.3g}) over the last epochs"
         )
+        if self.plateau and not self.converged:
+            line += (
+                f"; validation plateau: no epoch improved the delivered explanation for "
+                f"{self.epochs_without_improvement} epochs"
+            )
+        return line
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,15 +94,46 @@ def _l0_series(epochs: Sequence[dict]) -> list[float]:
     return [float(e[key]) for e in epochs]
 
 
+def epochs_without_improvement(
+    epochs: Sequence[dict], target_within_margin: float, l0_atol: float
+) -> int | None:
+    """Selectable epochs (those meeting the validation target) since the last one that lowered
+    the validation L0 by more than ``l0_atol`` below the previous such epoch; ``None`` while no
+    epoch has met the target (or without validation numbers). Epochs under the target are not
+    counted: the run is still settling (e.g. gates closing from fully open)."""
+    reference, since = None, None
+    for e in epochs:
+        within, l0 = e.get("val_within_margin"), e.get("val_l0")
+        selectable = within is not None and l0 is not None and within >= target_within_margin
+        if selectable and (reference is None or l0 < reference - l0_atol):
+            reference, since = float(l0), 0
+        elif selectable and since is not None:
+            since += 1
+    return since
+
+
 def check_convergence(
-    epochs: Sequence[dict], rule: ConvergenceRule, lambda_max: float | None = None
+    epochs: Sequence[dict],
+    rule: ConvergenceRule,
+    lambda_max: float | None = None,
+    target_within_margin: float | None = None,
 ) -> ConvergenceStatus:
     """Apply ``rule`` to the per-epoch summaries (each with ``lambda`` and ``val_l0``/``l0``);
     with ``lambda_max``, a window whose last epoch-mean lambda is within 1% of it never
-    converges."""
+    converges. With ``target_within_margin`` (and validation numbers ``val_l0``,
+    ``val_within_margin``), a validation plateau of ``rule.patience`` epochs is reported as
+    ``plateau`` (never before ``rule.min_epochs``)."""
     n = len(epochs)
+    since = (
+        None
+        if target_within_margin is None
+        else epochs_without_improvement(epochs, target_within_margin, rule.l0_atol)
+    )
+    plateau = (
+        rule.patience > 0 and since is not None and since >= rule.patience and n >= rule.min_epochs
+    )
     if n < rule.window + 1:
-        return ConvergenceStatus(False, n, None, None, None, rule.l0_atol)
+        return ConvergenceStatus(False, n, None, None, None, rule.l0_atol, False, plateau, since)
     recent = list(epochs)[-(rule.window + 1) :]
     lambdas = [float(e["lambda"]) for e in recent]
     l0s = _l0_series(recent)
@@ -94,8 +148,13 @@ def check_convergence(
         and not at_cap
     )
     return ConvergenceStatus(
-        converged, n, lambda_spread, lambda_tol, l0_spread, rule.l0_atol, at_cap
+        converged, n, lambda_spread, lambda_tol, l0_spread, rule.l0_atol, at_cap, plateau, since
     )
 
 
-__all__ = ["ConvergenceRule", "ConvergenceStatus", "check_convergence"]
+__all__ = [
+    "ConvergenceRule",
+    "ConvergenceStatus",
+    "check_convergence",
+    "epochs_without_improvement",
+]

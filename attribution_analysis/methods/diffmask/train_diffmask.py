@@ -10,7 +10,8 @@ logit decay; see there) with Adam for the probe (``lr_probe``) and the baseline
 lambda clamped to ``[0, lambda_max]`` after every step until it first rises above
 ``lambda_min`` (the constraint binds) and to ``[lambda_min, lambda_max]`` from then on
 (:func:`floor_armed`). Training stops when the convergence
-rule holds (:mod:`.convergence`) or at the ``n_epochs`` cap. The explained model is
+rule holds (:mod:`.convergence`), on a validation plateau (reported as not converged), or at
+the ``n_epochs`` cap. The explained model is
 frozen (no gradient reaches its weights) and in eval mode (dropout off). A checkpoint is written
 atomically every epoch to ``<output_dir>/checkpoints/diffmask_epoch_<N>.pt``; the sparsest
 epoch whose validation share of examples within the margin reaches ``target_within_margin``
@@ -82,6 +83,12 @@ class TrainingHistory:
     def converged(self) -> bool:
         """True when the stopping rule found lambda and the validation L0 level."""
         return bool(self.convergence and self.convergence.get("converged"))
+
+    @property
+    def stopped(self) -> bool:
+        """True when training ended before its epoch cap: converged, or on a validation
+        plateau (see :mod:`.convergence`)."""
+        return self.converged or bool(self.convergence and self.convergence.get("plateau"))
 
     def to_dict(self) -> dict:
         return {
@@ -253,8 +260,10 @@ def train_diffmask(
     ``n_epochs=10`` or ``convergence=None``.
 
     Training stops when ``config.convergence`` finds lambda and the validation L0 level (see
-    :mod:`.convergence`), or at the cap of ``n_epochs`` epochs, in which case the run says so
-    and ``history.converged`` is False. ``convergence=None`` always runs ``n_epochs`` epochs.
+    :mod:`.convergence`); on a validation plateau (``patience`` epochs without a better epoch
+    to deliver: ``history.converged`` False, ``stop_reason`` "plateau"); or at the cap of
+    ``n_epochs`` epochs, in which case the run says so and ``history.converged`` is False.
+    ``convergence=None`` always runs ``n_epochs`` epochs.
 
     With ``cache_original_pass`` (default), the frozen model's pass on the unmasked input is
     computed once per example and reused in later epochs (:mod:`.original_cache`; needs
@@ -274,6 +283,7 @@ def train_diffmask(
     t = training_settings(config, **overrides)
     n_epochs, convergence = t.n_epochs, t.convergence
     target_within_margin, warmup_steps = t.target_within_margin, t.warmup_steps
+    target = target_within_margin if val_loader is not None else None  # plateau rule
     seed_everything(seed)
     accelerator = make_accelerator(device, mixed_precision)
     device_t = accelerator.device
@@ -314,9 +324,9 @@ def train_diffmask(
     if convergence is None:
         history.convergence = None
     elif history.epochs:  # judge a resumed run by the rule given now
-        status = check_convergence(history.epochs, convergence, lambda_max)
+        status = check_convergence(history.epochs, convergence, lambda_max, target)
         history.convergence = {**status.to_dict(), "rule": convergence.to_dict()}
-    done = history.converged
+    done = history.stopped
     floor = floor_armed(history.steps, diffmask.settings.get("lambda_min", 0.0))
     train_cache = OriginalPassCache() if t.cache_original_pass else None
     val_cache = OriginalPassCache() if t.cache_original_pass else None
@@ -374,10 +384,10 @@ def train_diffmask(
                         }
             history.epochs.append(summary)
             if convergence is not None:
-                status = check_convergence(history.epochs, convergence, lambda_max)
+                status = check_convergence(history.epochs, convergence, lambda_max, target)
                 summary["converged"] = status.converged
                 history.convergence = {**status.to_dict(), "rule": convergence.to_dict()}
-                done = status.converged
+                done = status.stop
             if not quiet:
                 print(
                     "[diffmask] "
@@ -436,11 +446,18 @@ def _report_convergence(
     if rule is None or history.convergence is None:
         return
     status = ConvergenceStatus.from_dict(history.convergence)
-    history.convergence["stop_reason"] = "converged" if status.converged else "epoch cap"
+    reason = "converged" if status.converged else "plateau" if status.plateau else "epoch cap"
+    history.convergence["stop_reason"] = reason
     if quiet:
         return
     if status.converged:
         print(f"[diffmask] {status.describe()}")
+    elif status.plateau:
+        print(
+            f"[diffmask] stopped on a validation plateau, NOT converged (lambda or the "
+            f"validation L0 still moving): {status.describe()}. The best epoch "
+            f"({history.best_epoch}) is kept."
+        )
     else:
         print(
             f"[diffmask] WARNING: stopped at the epoch cap ({n_epochs}) without converging: "

@@ -1,0 +1,107 @@
+"""The recommender's training forward: ``history_plm_grad=False`` keeps the scores and every
+gradient above the language model, and cuts only the language model's gradient through titles
+seen in histories alone (checked against an independent formulation)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attribution_analysis.config import ConfigError, RecommenderConfig, from_dict
+from attribution_analysis.data.loading import load_mind_data
+from attribution_analysis.models import lower_cache as lc
+from attribution_analysis.models.click_scorer import ClickScorer, batch_logits
+from attribution_analysis.models.serialization import build_nrms
+from tests.helpers_foundation import data_config, make_corpus, tiny_config, tiny_tokenizer
+
+# rows 1-6 are candidates; history holds 4-6 (also candidates) and 7-12 (history only)
+BATCH = {
+    "candidates": torch.tensor([[1, 2, 3], [4, 5, 6]]),
+    "history": torch.tensor([[7, 8, 4, 9], [10, 11, 12, 5]]),
+    "history_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.bool),
+    "target": torch.tensor([0, 0]),
+}
+
+
+@pytest.fixture(scope="module", params=[1, 3], ids=["cached-bottom", "all-layers"])
+def setup(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cs")
+    tok = tiny_tokenizer()
+    data = load_mind_data(data_config(make_corpus(root / "corpus"), root / "cache"), tok)
+    torch.manual_seed(0)
+    model = build_nrms(tiny_config(fine_tune_layers=request.param), len(tok)).eval()
+    cache = lc.build_lower_cache(model, data.table, 64, "float32")
+    return data, model, cache
+
+
+def _grads(model, data, cache, history_plm_grad: bool):
+    model.zero_grad(set_to_none=True)
+    logits = ClickScorer(model, history_plm_grad)(BATCH, data.table, cache)
+    torch.nn.functional.cross_entropy(logits, BATCH["target"]).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logits.detach(), grads
+
+
+def _reference_plm_grads(model, data, cache):
+    """Every title encoded with gradient; history-only rows detached where histories use them:
+    the language model's gradient then flows through candidate titles only."""
+    model.zero_grad(set_to_none=True)
+    cand, hist = BATCH["candidates"], BATCH["history"]
+    rows = torch.cat([cand.flatten(), hist.flatten()])
+    unique, inverse = torch.unique(rows, return_inverse=True)
+    ids, mask = data.table.rows(unique)
+    enc = model.news_encoder
+    if cache is not None:
+        vectors = enc.forward_from_lower(cache[unique][:, : ids.shape[1]], mask)
+    else:
+        vectors = enc(ids, mask).vectors
+    cand_vec = vectors[inverse[: cand.numel()]].view(*cand.shape, -1)
+    hist_rows = inverse[cand.numel() :]
+    shared = torch.isin(hist.flatten(), cand.flatten())
+    hist_vec = torch.where(shared[:, None], vectors[hist_rows], vectors[hist_rows].detach())
+    user = model.user_vector(hist_vec.view(*hist.shape, -1), BATCH["history_mask"])
+    logits = model.score(user, cand_vec)
+    torch.nn.functional.cross_entropy(logits, BATCH["target"]).backward()
+    return {
+        n: p.grad.clone()
+        for n, p in model.named_parameters()
+        if n.startswith("news_encoder.plm") and p.grad is not None
+    }
+
+
+def test_history_without_plm_gradient_keeps_scores_and_head_gradients(setup):
+    data, model, cache = setup
+    use_cache = cache if model.news_encoder.caches_lower_layers else None
+    full_logits, full = _grads(model, data, use_cache, True)
+    cut_logits, cut = _grads(model, data, use_cache, False)
+    torch.testing.assert_close(cut_logits, full_logits, rtol=0, atol=1e-6)
+    assert full.keys() == cut.keys()
+    plm = [n for n in full if n.startswith("news_encoder.plm")]
+    assert plm and len(plm) < len(full)
+    for name in full:  # news head, user encoder: the same gradient
+        if name not in plm:
+            torch.testing.assert_close(cut[name], full[name], rtol=1e-5, atol=1e-7)
+    reference = _reference_plm_grads(model, data, use_cache)
+    assert reference.keys() == set(plm)
+    for name in plm:  # language model: through candidates only
+        torch.testing.assert_close(cut[name], reference[name], rtol=1e-5, atol=1e-7)
+    changed = [n for n in plm if not torch.allclose(cut[n], full[n], rtol=1e-3, atol=1e-6)]
+    assert changed, "history titles' language-model gradient was not cut"
+
+
+def test_without_gradient_both_settings_agree_exactly(setup):
+    data, model, cache = setup
+    use_cache = cache if model.news_encoder.caches_lower_layers else None
+    with torch.no_grad():
+        a = batch_logits(model, BATCH, data.table, use_cache, True)
+        b = batch_logits(model, BATCH, data.table, use_cache, False)
+    assert torch.equal(a, b)
+
+
+def test_config_key_is_a_boolean():
+    assert (
+        from_dict(RecommenderConfig, {"train": {"history_plm_grad": False}}).train.history_plm_grad
+        is False
+    )
+    with pytest.raises(ConfigError, match="history_plm_grad"):
+        from_dict(RecommenderConfig, {"train": {"history_plm_grad": "no"}})
