@@ -383,7 +383,7 @@ def targets(summary: dict) -> list[dict]:
         ("sufficiency_aopc", "sufficiency AOPC"),
         ("deletion_auc", "deletion AUC"),
     ):
-        ig = base.get("ig", {}).get(metric, {}).get("mean", nan)  # nan when IG was not run
+        ig = base.get("ig", {}).get(metric, {}).get("mean", math.nan)  # nan when IG was not run
         rows.append(
             _target(
                 f"DIFFMASK {label} (removal baseline, all) <= IG's",

@@ -114,3 +114,20 @@ def test_subset_evaluation_keeps_gold_metrics_aligned():
     assert [c[0] for c in others.insertion] == [-0.2]
     with pytest.raises(ValueError, match="flags"):
         subset_evaluation(ev, [True])
+
+
+def test_targets_without_ig_are_not_applicable_instead_of_a_crash():
+    """``--methods diffmask`` (no IG): the two comparisons with IG read "n/a" and the report
+    is still written (this used to end in a TypeError after the whole run)."""
+    bench = _load_bench()
+    cell = {"mean": 0.5, "sd": 0.01}
+    summary = {
+        "diffmask": {s: {k: cell for k in bench.DIFFMASK_METRICS} for s in bench.SUBSETS},
+        "methods": {
+            "baseline": {"all": {"diffmask": {m: cell for m in bench.METHOD_METRICS}}},
+        },
+    }
+    rows = bench.targets(summary)
+    assert len(rows) == 7
+    assert [r["met"] for r in rows[-2:]] == [None, None]
+    assert all(r["met"] is not None for r in rows[:-2])
