@@ -131,3 +131,26 @@ def test_targets_without_ig_are_not_applicable_instead_of_a_crash():
     assert len(rows) == 7
     assert [r["met"] for r in rows[-2:]] == [None, None]
     assert all(r["met"] is not None for r in rows[:-2])
+
+
+@pytest.mark.slow
+def test_diffmask_size_benchmark_runs_on_the_tiny_model(tmp_path, monkeypatch):
+    """``benchmarks/bench_diffmask_size.py`` end to end on the tiny configs: one JSON row per
+    size and seed, with the stop reason and finite held-out numbers."""
+    for rel in ("configs/attribution/tiny_test.yaml", "configs/recommender/tiny_test.yaml"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / rel, tmp_path / rel)
+    spec = importlib.util.spec_from_file_location(
+        "bench_diffmask_size", REPO / "benchmarks/bench_diffmask_size.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--config", "configs/attribution/tiny_test.yaml", "--sizes", "16,24",
+            "--seeds", "0", "--n_samples", "8", "--n_epochs", "1", "--out", "size"]  # fmt: skip
+    assert module.main(argv) == 0
+    rows = json.loads((tmp_path / "size/bench_diffmask_size.json").read_text())
+    assert [(r["train_examples"], r["seed"]) for r in rows] == [(16, 0), (24, 0)]
+    for r in rows:
+        assert r["epochs"] == 1 and r["stop_reason"] == "epoch cap"
+        assert 0.0 <= r["all_within_margin_share"] <= 1.0 and 0.0 < r["all_kept_share"] <= 1.0
