@@ -118,7 +118,7 @@ class ConvergenceRule:
     lambda_atol: float = 1.0  # absolute tolerance on it (a lambda hovering near 0 is level)
     l0_atol: float = 0.01  # tolerance on the spread of the validation share of kept tokens
     min_epochs: int = 4  # never stop before this many epochs
-    patience: int = 4  # plateau stop after this many epochs without improvement (0: off)
+    patience: int = 6  # plateau stop after this many epochs without improvement (0: off)
 
     def __post_init__(self) -> None:
         if self.window < 1:
