@@ -71,10 +71,12 @@ def _encode_rows(
     if plm_grad is None or bool(plm_grad.all()):
         top = plm(torch.arange(len(rows), device=param.device))
     else:
-        top = torch.empty(*ids.shape, encoder.hidden_size, device=param.device, dtype=param.dtype)
         with torch.no_grad():
-            top[~plm_grad] = plm(~plm_grad)
-        top = top.index_put((plm_grad,), plm(plm_grad))
+            fixed = plm(~plm_grad)  # [rows without gradient, tokens, hidden]
+        learning = plm(plm_grad)  # [rows with gradient, tokens, hidden]
+        top = learning.new_empty(len(rows), *learning.shape[1:]).detach()
+        top[~plm_grad] = fixed.to(top.dtype)
+        top = top.index_put((plm_grad,), learning)
     return encoder.pool_tokens(top, mask)[0]
 
 
