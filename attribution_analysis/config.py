@@ -177,6 +177,10 @@ class ObjectiveConfig:
     delivered_check_examples: int | None = None  # per_example: examples of each training batch
     # whose delivered (deterministic) mask is checked to drive lambda (an unbiased estimate on
     # a random subset, cheaper for large batches); null: the whole batch
+    delivered_constraint: bool = True  # per_example: the hinge also on the delivered mask's
+    # divergence, with gradient (one more masked pass a step); without it, examples the
+    # sampled masks keep within the margin but the delivered mask does not get no gradient,
+    # and lambda can creep without levelling off. Implies checking the whole batch
     sparsity_loss: str = "l0"  # "l0": mean P(z != 0); "log_l0": mean log P(z != 0)
     logit_decay: float = 1e-3  # weight of mean(log_alpha^2), keeps gates away from saturation
     lambda_init: float = 1.0  # the Lagrange multiplier's start

@@ -3,6 +3,7 @@ the classifier adapter, checkpoints refused for other models, NaN handling, boun
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -369,14 +370,49 @@ def test_a_checkpoint_from_before_the_lambda_floor_loads_without_one(setup, tmp_
     load with ``lambda_min = 0`` (even with ``lambda_init = 0``), and resuming such a run with
     the floor is refused as other settings."""
     tok, _, model, _ = setup
-    dm = _diffmask(setup, probe_type="simple", lambda_min=0.0, lambda_init=0.0)
+    dm = _diffmask(setup, probe_type="simple", lambda_min=0.0, lambda_init=0.0,
+                   delivered_constraint=False)  # fmt: skip
     train_diffmask(dm, _loader(setup, 16), n_epochs=1, output_dir=tmp_path, quiet=True)
     path = tmp_path / "checkpoints" / "diffmask_epoch_1.pt"
     blob = torch.load(path, weights_only=True)
     del blob["settings"]["lambda_min"]
+    del blob["settings"]["delivered_constraint"]
     torch.save(blob, path)
     loaded = load_diffmask_checkpoint(path, model)
     assert loaded.settings["lambda_min"] == 0.0 and loaded.settings["lambda_init"] == 0.0
+    assert loaded.settings["delivered_constraint"] is False  # trained without that hinge
     with pytest.raises(ValueError, match="other DIFFMASK settings.*lambda_min"):
         train_diffmask(_diffmask(setup, probe_type="simple"), _loader(setup, 16), n_epochs=2,
                        output_dir=tmp_path, quiet=True)  # fmt: skip
+
+
+def test_the_delivered_mask_hinge_has_a_gradient_and_enters_the_lagrangian(setup):
+    """With ``delivered_constraint`` (default), a training step computes the delivered
+    (deterministic) mask's divergence with gradient to the probe and the baseline; the
+    Lagrangian adds ``lambda * mean(max(D' - m, 0))`` to the sampled masks' hinge (checked
+    against the closed form); without it the step has no such divergence."""
+    dm = _diffmask(setup, lambda_init=3.0, probe_init_bias=0.0)  # gates not clamped at 1
+    assert dm.settings["delivered_constraint"] is True
+    batch = next(iter(_loader(setup, 8)))
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    ctx = {"history_emb": batch["history_emb"], "history_mask": batch["history_mask"]}
+    dm.train()
+    step = dm.step(ids, mask, ctx, torch.Generator().manual_seed(0))
+    dd = step.delivered_divergence
+    assert dd is not None and dd.shape == (len(ids),) and dd.requires_grad
+    assert torch.equal(step.delivered_within_margin, dd.detach() <= dm.margin)
+    grads = torch.autograd.grad(dd.sum(), [*dm.probe.parameters(), dm.baseline], allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads[:-1])  # the probe
+    assert grads[-1] is not None and grads[-1].abs().sum() > 0  # the baseline
+    hinge = (step.divergence - dm.margin).clamp(min=0) + (dd - dm.margin).clamp(min=0)
+    expected = dm.sparsity_term(step) + 3.0 * hinge.mean() + dm.logit_penalty(step)
+    torch.testing.assert_close(dm.lagrangian(step), expected)
+    # a delivered divergence above the margin raises the Lagrangian by lambda * excess / batch
+    bumped = dataclasses.replace(step, delivered_divergence=dd + 1.0)
+    raised = dm.lagrangian(bumped) - dm.lagrangian(step)
+    expected_raise = 3.0 * ((dd + 1.0 - dm.margin).clamp(min=0) - (dd - dm.margin).clamp(min=0))
+    torch.testing.assert_close(raised, expected_raise.mean())
+    off = _diffmask(setup, delivered_constraint=False)
+    off.train()
+    step = off.step(ids, mask, ctx, torch.Generator().manual_seed(0))
+    assert step.delivered_divergence is None and step.delivered_within_margin is not None

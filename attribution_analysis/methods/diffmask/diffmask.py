@@ -68,7 +68,8 @@ class DiffMaskStep:
     ``original``/``masked``: the model outputs; ``gates`` ``[batch, tokens]``; ``scorable``
     ``[batch, tokens]`` (tokens that may be masked); ``delivered_within_margin``: in training
     steps of the ``per_example`` constraint, whether the deterministic (delivered) mask keeps
-    the divergence within the margin (``None`` otherwise).
+    the divergence within the margin (``None`` otherwise); ``delivered_divergence``: with
+    ``delivered_constraint``, that mask's divergence, with gradient (``None`` otherwise).
     """
 
     l0: torch.Tensor
@@ -81,6 +82,7 @@ class DiffMaskStep:
     probe: ProbeOutput
     scorable: torch.Tensor
     delivered_within_margin: torch.Tensor | None = None
+    delivered_divergence: torch.Tensor | None = None
 
 
 class DIFFMASK(nn.Module):
@@ -127,6 +129,7 @@ class DIFFMASK(nn.Module):
         sparsity_loss: str = _OBJECTIVE.sparsity_loss,
         logit_decay: float = _OBJECTIVE.logit_decay,
         delivered_check_examples: int | None = _OBJECTIVE.delivered_check_examples,
+        delivered_constraint: bool = _OBJECTIVE.delivered_constraint,
     ) -> None:
         super().__init__()
         adapter = make_adapter(model)
@@ -186,6 +189,7 @@ class DIFFMASK(nn.Module):
             "sparsity_loss": sparsity_loss,
             "logit_decay": float(logit_decay),
             "delivered_check_examples": delivered_check_examples,
+            "delivered_constraint": bool(delivered_constraint),
             "explained_model": adapter.name,
         }
         self.gates = StochasticGates(temperature=temperature, stretch=stretch)
@@ -296,11 +300,17 @@ class DIFFMASK(nn.Module):
         div = adapter.divergence(original.output, masked.output, context, kind)
         n_tokens = scorable.sum(-1).clamp(min=1)
         l0 = (probe.log_prob_nonzero.exp() * scorable).sum(-1) / n_tokens
-        delivered = None
+        delivered = delivered_div = None
         if self.training and self.settings["constraint"] == "per_example":
-            delivered = self._delivered_within_margin(
-                words, attention_mask, context, probe.log_alpha, scorable, original.output
-            )
+            if self.settings.get("delivered_constraint"):
+                delivered_div = self._delivered_divergence(
+                    words, attention_mask, context, probe.log_alpha, scorable, original.output
+                )
+                delivered = (delivered_div <= self.margin).detach()
+            else:
+                delivered = self._delivered_within_margin(
+                    words, attention_mask, context, probe.log_alpha, scorable, original.output
+                )
         return DiffMaskStep(
             l0=l0,
             divergence=div,
@@ -312,7 +322,18 @@ class DIFFMASK(nn.Module):
             probe=probe,
             scorable=scorable,
             delivered_within_margin=delivered,
+            delivered_divergence=delivered_div,
         )
+
+    def _delivered_divergence(self, words, attention_mask, context, log_alpha, scorable, orig):
+        """The divergence of the explanation delivered (deterministic gates) for every example
+        of the batch, ``[batch]``, with gradient to the probe (through the deterministic gates,
+        alive where they are not clamped at 0 or 1) and to the baseline."""
+        log_alpha = log_alpha if log_alpha.dim() == 3 else log_alpha[None]
+        gates = self._deterministic_product(log_alpha)
+        gates = torch.where(scorable, gates, torch.ones_like(gates))
+        out = self._masked_forward(words, attention_mask, context, gates).output
+        return self.adapter.divergence(orig, out, context, self.divergence_kind)
 
     @torch.no_grad()
     def _delivered_within_margin(self, words, attention_mask, context, log_alpha, scorable, orig):
@@ -368,13 +389,18 @@ class DIFFMASK(nn.Module):
         * ``sparsity``: :meth:`sparsity_term` (``l0``: mean P(z != 0); ``log_l0``: mean log);
         * ``constraint="per_example"`` (default): ``mean_i max(D_i - m, 0)``; only examples
           outside the margin push the gates open, so the constraint is met example by example
-          rather than on average;
+          rather than on average; with ``delivered_constraint`` (default) plus
+          ``mean_i max(D'_i - m, 0)``, ``D'`` the divergence of the delivered (deterministic)
+          mask, the one lambda's dual signal counts: an example whose sampled masks stay
+          within the margin but whose delivered mask does not is pushed too;
         * ``constraint="mean"`` (the original DIFFMASK form): ``mean(D - m)``;
         * ``logit_penalty``: :meth:`logit_penalty` (keeps gate logits where gradients live).
         """
         excess = step.divergence - self.margin
         if self.settings["constraint"] == "per_example":
             excess = excess.clamp(min=0.0)
+            if step.delivered_divergence is not None:
+                excess = excess + (step.delivered_divergence - self.margin).clamp(min=0.0)
         return (
             self.sparsity_term(step)
             + self.lagrange_multiplier * excess.mean()
