@@ -120,13 +120,16 @@ def test_delivered_check_on_a_subset_of_the_batch():
         mask_token_id=MASK,
         pad_token_id=PAD,
         delivered_check_examples=3,
+        delivered_constraint=False,
     ).train()
     step = dm.step(data.input_ids, data.attention_mask, {})
     assert step.delivered_within_margin.shape == (3,)
     full = _diffmask(model).train()
     assert full.step(data.input_ids, data.attention_mask, {}).delivered_within_margin.shape == (8,)
     with pytest.raises(ValueError, match="delivered_check_examples"):
-        DIFFMASK(model, delivered_check_examples=0)
+        DIFFMASK(model, delivered_check_examples=0, delivered_constraint=False)
+    with pytest.raises(ValueError, match="only with delivered_constraint=False"):
+        DIFFMASK(model, delivered_check_examples=3)  # the hinge needs the whole batch
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")

@@ -154,6 +154,11 @@ class DIFFMASK(nn.Module):
             raise ValueError(
                 f"delivered_check_examples must be >= 1 or None, got {delivered_check_examples}"
             )
+        if delivered_constraint and delivered_check_examples is not None:
+            raise ValueError(
+                "delivered_check_examples applies only with delivered_constraint=False (the "
+                "delivered-mask hinge needs every example of the batch)"
+            )
         if not 0 < within_margin_goal <= 1:
             raise ValueError(f"within_margin_goal must be in (0, 1], got {within_margin_goal}")
         if not (constraint_margin > 0 and math.isfinite(constraint_margin)):
