@@ -189,6 +189,13 @@ class ObjectiveConfig:
     # until examples leave the margin, and lambda cycles instead of levelling off)
     lambda_max: float = 200.0  # its upper clamp
 
+    def __post_init__(self) -> None:
+        if self.delivered_constraint and self.delivered_check_examples is not None:
+            raise ConfigError(
+                "delivered_check_examples applies only with delivered_constraint: false (the "
+                "delivered-mask hinge needs every example of the batch)"
+            )
+
 
 @dataclass
 class DiffMaskTrainingConfig:

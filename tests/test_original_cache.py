@@ -130,6 +130,10 @@ def test_delivered_check_on_a_subset_of_the_batch():
         DIFFMASK(model, delivered_check_examples=0, delivered_constraint=False)
     with pytest.raises(ValueError, match="only with delivered_constraint=False"):
         DIFFMASK(model, delivered_check_examples=3)  # the hinge needs the whole batch
+    from attribution_analysis.config import AttributionConfig, ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match="only with delivered_constraint: false"):
+        from_dict(AttributionConfig, {"diffmask": {"objective": {"delivered_check_examples": 3}}})
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
