@@ -63,13 +63,17 @@ def _encode_rows(
     else:
         states, start = None, 0
 
-    def plm(sel: torch.Tensor) -> torch.Tensor:
+    def plm(sel: torch.Tensor | None = None) -> torch.Tensor:
+        """The language model's top output for the rows ``sel`` selects (``None``: all, no
+        copy)."""
+        m = mask if sel is None else mask[sel]
         if states is not None:
-            return encoder.run_layers(states[sel], mask[sel], start, encoder.num_layers)
-        return encoder.plm_states(encoder.embed_words(ids[sel]), mask[sel])[-1]
+            x = states if sel is None else states[sel]
+            return encoder.run_layers(x, m, start, encoder.num_layers)
+        return encoder.plm_states(encoder.embed_words(ids if sel is None else ids[sel]), m)[-1]
 
     if plm_grad is None or bool(plm_grad.all()):
-        top = plm(torch.arange(len(rows), device=param.device))
+        top = plm()
     else:
         with torch.no_grad():
             fixed = plm(~plm_grad)  # [rows without gradient, tokens, hidden]

@@ -334,9 +334,7 @@ class DIFFMASK(nn.Module):
         """The divergence of the explanation delivered (deterministic gates) for every example
         of the batch, ``[batch]``, with gradient to the probe (through the deterministic gates,
         alive where they are not clamped at 0 or 1) and to the baseline."""
-        log_alpha = log_alpha if log_alpha.dim() == 3 else log_alpha[None]
-        gates = self._deterministic_product(log_alpha)
-        gates = torch.where(scorable, gates, torch.ones_like(gates))
+        gates = self._deterministic_gates(log_alpha, scorable, grad=True)
         out = self._masked_forward(words, attention_mask, context, gates).output
         return self.adapter.divergence(orig, out, context, self.divergence_kind)
 
@@ -377,10 +375,13 @@ class DIFFMASK(nn.Module):
             return self.adapter.forward(self._gate(gates)(words), attention_mask, context)
         return self.adapter.forward(words, attention_mask, context, edit={layer: self._gate(gates)})
 
-    def _deterministic_gates(self, log_alpha: torch.Tensor, scorable: torch.Tensor):
-        """Test-time gates ``[batch, tokens]`` (product over probes; 1 where not scorable)."""
+    def _deterministic_gates(
+        self, log_alpha: torch.Tensor, scorable: torch.Tensor, grad: bool = False
+    ) -> torch.Tensor:
+        """Test-time gates ``[batch, tokens]`` (product over probes; 1 where not scorable);
+        with gradient to ``log_alpha`` only when ``grad``."""
         log_alpha = log_alpha if log_alpha.dim() == 3 else log_alpha[None]
-        gates = self._deterministic_product(log_alpha.detach())
+        gates = self._deterministic_product(log_alpha if grad else log_alpha.detach())
         return torch.where(scorable, gates, torch.ones_like(gates))
 
     def _deterministic_product(self, log_alpha: torch.Tensor) -> torch.Tensor:
