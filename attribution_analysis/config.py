@@ -86,7 +86,8 @@ class TrainConfig:
     warmup_steps: int = 50
     max_steps_per_epoch: int | None = None
     grad_clip: float = 1.0
-    history_plm_grad: bool = True
+    history_plm_grad: bool = False  # False: titles seen only in histories pass the PLM without
+    # gradient (its layers learn from the candidates; about half the backward pass); True: all
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "no"
@@ -170,7 +171,8 @@ class ObjectiveConfig:
     """What DIFFMASK minimises: sparsity subject to the divergence constraint (a Lagrangian)."""
 
     constraint_margin: float = 0.1  # margin m of the constraint D(y || y_masked) <= m
-    divergence: str | None = None  # None: the explained model's default (NRMS: bernoulli_kl)
+    divergence: str | None = None  # None: the explained model's default (NRMS: bernoulli_kl;
+    # also decision_kl, one-sided: counted only where masking weakened the decision)
     constraint: str = "per_example"  # "per_example": mean max(D_i - m, 0), lambda driven by the
     # share of delivered masks outside the margin; "mean": mean(D - m) (the original form)
     within_margin_goal: float = 0.97  # per_example: share of examples the dual keeps within m

@@ -38,3 +38,46 @@ def test_decision_probability_and_signed_attributions_flip():
     a_click = ig.attribute(ids, mask, plain)
     a_decision = ig.attribute(ids, mask, decided)
     torch.testing.assert_close(a_decision, a_click * sign[:, None], atol=1e-6, rtol=1e-4)
+
+
+def test_decision_kl_counts_only_what_weakens_the_decision():
+    """Closed form: KL(Bernoulli(sigmoid(p)) || Bernoulli(sigmoid(q))) where q moved against the
+    decision sign(p), else 0; continuous at q = p with zero gradient there."""
+    from attribution_analysis.methods.explained_model import (
+        bernoulli_kl_from_logits,
+        decision_kl_from_logits,
+    )
+
+    p = torch.tensor([2.0, 2.0, -1.0, -1.0, 0.5, 0.0])
+    q = torch.tensor([1.0, 3.0, 0.0, -3.0, 0.5, -0.2])
+    got = decision_kl_from_logits(p, q)
+    expected = []
+    for pi, qi in zip(p.tolist(), q.tolist(), strict=True):
+        a, b = torch.sigmoid(torch.tensor(pi)), torch.sigmoid(torch.tensor(qi))
+        kl = a * torch.log(a / b) + (1 - a) * torch.log((1 - a) / (1 - b))
+        weakened = qi < pi if pi >= 0 else qi > pi
+        expected.append(float(kl) if weakened else 0.0)
+    torch.testing.assert_close(got, torch.tensor(expected), atol=1e-6, rtol=1e-5)
+    assert got[0] > 0 and got[2] > 0 and got[5] > 0  # weakened a click, a non-click, a tie at 0
+    assert got[1] == 0 and got[3] == 0 and got[4] == 0  # strengthened, or unchanged
+    torch.testing.assert_close(
+        got[[0, 2]], bernoulli_kl_from_logits(p[[0, 2]], q[[0, 2]]), atol=0, rtol=0
+    )
+    q_at_p = p.clone().requires_grad_(True)
+    decision_kl_from_logits(p, q_at_p).sum().backward()
+    assert torch.equal(q_at_p.grad, torch.zeros_like(p))
+
+
+def test_diffmask_accepts_decision_kl_for_the_recommender_only():
+    from attribution_analysis.methods.diffmask.diffmask import DIFFMASK
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    model = build_nrms(tiny_config(), len(tok)).eval()
+    dm = DIFFMASK(model, divergence="decision_kl", special_token_ids=tok.all_special_ids)
+    assert dm.settings["divergence"] == "decision_kl"
+    enc = tok(["markets rally as investors cheer"], return_tensors="pt")
+    ctx = {"history_emb": torch.randn(1, 3, model.dim)}
+    dm.train()
+    step = dm.step(enc["input_ids"], enc["attention_mask"], ctx)
+    assert (step.divergence >= 0).all()

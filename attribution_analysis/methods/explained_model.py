@@ -48,6 +48,16 @@ def bernoulli_kl_from_logits(p_logit: torch.Tensor, q_logit: torch.Tensor) -> to
     )
 
 
+def decision_kl_from_logits(p_logit: torch.Tensor, q_logit: torch.Tensor) -> torch.Tensor:
+    """The one-sided Bernoulli KL of a decision, elementwise: ``KL(sigmoid(p) || sigmoid(q))``
+    where ``q`` moved against the decision that ``p`` makes (``q < p`` for ``p >= 0``, a predicted
+    click; ``q > p`` otherwise), 0 where it moved with it. Continuous, with zero gradient at
+    ``q = p``: a mask that strengthens the decision costs nothing."""
+    kl = bernoulli_kl_from_logits(p_logit, q_logit)
+    weakened = torch.where(p_logit >= 0, q_logit < p_logit, q_logit > p_logit)
+    return torch.where(weakened, kl, torch.zeros_like(kl))
+
+
 def categorical_kl_from_logits(
     p_logits: torch.Tensor, q_logits: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -196,6 +206,9 @@ class NewsRecommenderAdapter(ExplainedModel):
 
     Divergences (per example):
       * ``bernoulli_kl`` (default): KL between the click probabilities sigmoid(score).
+      * ``decision_kl``: the same KL, counted only where masking weakened the decision
+        (lowered the score of a predicted click, raised that of a predicted non-click): the
+        mask must keep the words that make the decision, not those that temper it.
       * ``impression_kl``: KL between the softmax distributions over the impression's candidates
         where only the explained candidate is masked.
       * ``squared_score``: (score - masked score)^2. Scale-dependent: the margin means different
@@ -203,7 +216,7 @@ class NewsRecommenderAdapter(ExplainedModel):
     """
 
     name = "nrms"
-    divergences = ("bernoulli_kl", "impression_kl", "squared_score")
+    divergences = ("bernoulli_kl", "decision_kl", "impression_kl", "squared_score")
     default_divergence = "bernoulli_kl"
 
     def __init__(self, model: NRMS) -> None:
@@ -256,6 +269,8 @@ class NewsRecommenderAdapter(ExplainedModel):
         kind = self.check_divergence(kind)
         if kind == "bernoulli_kl":
             return bernoulli_kl_from_logits(original, masked)
+        if kind == "decision_kl":
+            return decision_kl_from_logits(original, masked)
         if kind == "squared_score":
             return (original - masked) ** 2
         context = self.prepare_context(context)
@@ -396,6 +411,7 @@ __all__ = [
     "NewsRecommenderAdapter",
     "SequenceClassifierAdapter",
     "bernoulli_kl_from_logits",
+    "decision_kl_from_logits",
     "categorical_kl_from_logits",
     "make_adapter",
 ]
