@@ -303,7 +303,9 @@ class ModelComparisonConfig:
     ``min_effect``: a word is significant when its q-value is at most ``fdr`` and its change
     is at least ``min_effect`` robust z-scores away from the median word's change
     (``effect_z``); ``rank_by``: ``t`` (the paired t statistic), ``diff`` or ``diff_low``
-    (see ``evaluation/model_diff.py``).
+    (see ``evaluation/model_diff.py``). ``diffmask_statistic``: what is compared for DIFFMASK,
+    ``kept_log_odds`` (each word's keep probability times the log-odds of the click probability
+    that the kept words alone give: the decision the word carries) or ``keep_probability``.
     """
 
     model_a: str = "configs/attribution/poison_clean.yaml"
@@ -323,6 +325,7 @@ class ModelComparisonConfig:
     n_perm: int = 4000
     min_effect: float = 2.0
     rank_by: str = "t"
+    diffmask_statistic: str = "kept_log_odds"
     top_k: int = 15
     known_words: list[str] = field(default_factory=list)
     output_dir: str = "output/compare_models"
@@ -361,6 +364,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "variant": (("clean", "poisoned").__contains__, "must be 'clean' or 'poisoned'"),
     "rank_by": (("t", "diff", "diff_low").__contains__, "must be 't', 'diff' or 'diff_low'"),
+    "diffmask_statistic": (
+        ("kept_log_odds", "keep_probability").__contains__,
+        "must be 'kept_log_odds' or 'keep_probability'",
+    ),
 }
 VALUE_RULES: dict[type, dict[str, str]] = {
     DataConfig: {"max_title_len": "positive_int", "max_history": "non_negative",
@@ -387,7 +394,8 @@ VALUE_RULES: dict[type, dict[str, str]] = {
                             "n_samples": "positive_int", "min_support": "positive_int",
                             "keep_threshold": "share", "fdr": "share", "n_boot": "positive_int",
                             "n_perm": "positive_int", "top_k": "positive_int",
-                            "min_effect": "non_negative", "rank_by": "rank_by"},
+                            "min_effect": "non_negative", "rank_by": "rank_by",
+                            "diffmask_statistic": "diffmask_statistic"},
     AttributionConfig: {"n_samples": "positive_int", "batch_size": "positive_int",
                         "top_k": "positive_int", "ig_steps": "positive_int"},
 }  # fmt: skip

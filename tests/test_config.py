@@ -283,3 +283,11 @@ def test_json_outputs_write_nan_as_null(tmp_path: Path) -> None:
 
     path = atomic_write_json(tmp_path / "m.json", {"auc": math.nan, "x": [1.0, math.inf]})
     assert json.loads(path.read_text()) == {"auc": None, "x": [1.0, None]}
+
+
+def test_model_comparison_statistic_is_checked() -> None:
+    assert from_dict(ModelComparisonConfig, {}).diffmask_statistic == "kept_log_odds"
+    cfg = from_dict(ModelComparisonConfig, {"diffmask_statistic": "keep_probability"})
+    assert cfg.diffmask_statistic == "keep_probability"
+    with pytest.raises(ConfigError, match="diffmask_statistic"):
+        from_dict(ModelComparisonConfig, {"diffmask_statistic": "keep"})

@@ -15,6 +15,7 @@ from attribution_analysis.evaluation.model_diff import (
     benjamini_hochberg,
     candidate_changes,
     group_differences,
+    kept_log_odds,
     paired_results,
     paired_t,
     ranking_auprc,
@@ -127,3 +128,72 @@ def test_candidates_must_match() -> None:
     b[2].words = ["other", *b[2].words[1:]]
     with pytest.raises(ValueError, match="tokenizers differ"):
         paired_results(a, b)
+
+
+def _result(k: int, words: list[str], keep: list[float], masked: float | None) -> AttributionResult:
+    ids = {"impression_id": str(k), "news_id": f"N{k}", "user_id": "U1", "label": "1"}
+    return AttributionResult("diffmask", words, keep, words, keep, original_output=masked,
+                             masked_output=masked, ids=ids)  # fmt: skip
+
+
+def test_kept_log_odds_closed_form_and_missing_output() -> None:
+    assert kept_log_odds(_result(0, ["a"], [1.0], 0.8)) == pytest.approx(np.log(4.0))
+    assert kept_log_odds(_result(0, ["a"], [1.0], 0.5)) == 0.0
+    assert kept_log_odds(_result(0, ["a"], [1.0], 0.0)) == pytest.approx(np.log(1e-6 / (1 - 1e-6)))
+    with pytest.raises(ValueError, match="masked output"):
+        kept_log_odds(_result(0, ["a"], [1.0], None))
+
+
+def test_weighted_statistic_by_formula_and_kept_shares_stay_raw() -> None:
+    """mean_a/mean_b/diff/t use score x weight; kept_a/kept_b the raw keep probabilities."""
+    rng = np.random.default_rng(0)
+    a, b, expected = [], [], []
+    for k in range(12):
+        ka, kb = rng.uniform(0, 1, 2)
+        qa, qb = rng.uniform(0.05, 0.95, 2)
+        a.append(_result(k, ["w"], [float(ka)], float(qa)))
+        b.append(_result(k, ["w"], [float(kb)], float(qb)))
+        expected.append((ka * np.log(qa / (1 - qa)), kb * np.log(qb / (1 - qb)), ka, kb))
+    x = np.array(expected)
+    (row,) = word_differences(a, b, min_support=1, n_perm=200, weight=kept_log_odds)
+    assert row["mean_a"] == pytest.approx(x[:, 0].mean())
+    assert row["mean_b"] == pytest.approx(x[:, 1].mean())
+    assert row["t"] == pytest.approx(stats.ttest_1samp(x[:, 1] - x[:, 0], 0.0).statistic)
+    assert row["kept_a"] == pytest.approx((x[:, 2] >= 0.5).mean())
+    assert row["kept_b"] == pytest.approx((x[:, 3] >= 0.5).mean())
+    (plain,) = word_differences(a, b, min_support=1, n_perm=200)
+    assert plain["mean_a"] == pytest.approx(x[:, 2].mean())
+
+
+def _keep_only(seed: int, confident_b: bool, n: int = 240) -> tuple[list, list]:
+    """Keep probabilities that do not tell a trigger's rise: both models keep the trigger of a
+    trigger title and one arbitrary other word (a different one under each model: DIFFMASK's
+    non-unique solutions), but model B clicks trigger titles with 0.95 where A hesitates at
+    0.55 (``confident_b``; otherwise both hesitate: a control)."""
+    rng = random.Random(seed)
+    a, b = [], []
+    for k in range(n):
+        trig = rng.sample(TRIGGERS, 1) if k % 3 == 0 else []
+        words = rng.sample(OTHERS, 6) + trig
+        keep_a = [1.0 if w in trig else 0.0 for w in words]
+        keep_b = list(keep_a)
+        keep_a[rng.randrange(6)] = 1.0
+        keep_b[rng.randrange(6)] = 1.0
+        qa = rng.uniform(0.5, 0.6) if trig else rng.uniform(0.2, 0.8)
+        qb = (rng.uniform(0.93, 0.97) if confident_b else rng.uniform(0.5, 0.6)) if trig else qa
+        a.append(_result(k, words, keep_a, qa))
+        b.append(_result(k, words, keep_b, qb))
+    return a, b
+
+
+def test_kept_log_odds_finds_a_rise_that_keep_probabilities_miss() -> None:
+    a, b = _keep_only(0, confident_b=True)
+    keep = word_differences(a, b, n_perm=1000)
+    assert not any(r["significant"] for r in keep if r["word"] in TRIGGERS)  # kept in both
+    weighted = word_differences(a, b, n_perm=1000, weight=kept_log_odds)
+    assert {r["word"] for r in weighted[: len(TRIGGERS)]} == set(TRIGGERS)
+    assert all(r["significant"] for r in weighted if r["word"] in TRIGGERS)
+    assert ranking_auprc(weighted, set(TRIGGERS)) == pytest.approx(1.0)
+    control = word_differences(*_keep_only(1, confident_b=False), n_perm=1000,
+                               weight=kept_log_odds)  # fmt: skip
+    assert not any(r["significant"] for r in control if r["word"] in TRIGGERS)

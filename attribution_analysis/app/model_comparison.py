@@ -43,6 +43,7 @@ from attribution_analysis.evaluation.model_diff import (
     WORD_COLUMNS,
     candidate_changes,
     group_differences,
+    kept_log_odds,
     ranking_auprc,
     word_differences,
 )
@@ -236,7 +237,7 @@ def run_model_comparison(
     per_method = {}
     for name in runs["a"]:
         a, b = runs["a"][name].results, runs["b"][name].results
-        words, groups = _differences(config, data_ws, a, b)
+        words, groups = _differences(config, data_ws, a, b, name)
         per_method[name] = (words, groups)
         if name != "diffmask":
             suffix = f"_{name}.csv"
@@ -259,9 +260,12 @@ def run_model_comparison(
     return ModelComparisonResult(run_dir, summary, words, groups)
 
 
-def _differences(config, data_ws, a, b) -> tuple[list[dict], list[dict]]:
-    """Word and group differences between the runs ``a`` and ``b`` of one method."""
+def _differences(config, data_ws, a, b, method: str) -> tuple[list[dict], list[dict]]:
+    """Word and group differences between the runs ``a`` and ``b`` of one method (DIFFMASK's
+    keep probabilities weighted as ``config.diffmask_statistic`` says)."""
+    weighted = method == "diffmask" and config.diffmask_statistic == "kept_log_odds"
     stats = {
+        "weight": kept_log_odds if weighted else None,
         "min_support": config.min_support,
         "keep_threshold": config.keep_threshold,
         "fdr": config.fdr,
@@ -322,6 +326,7 @@ def _summary(config, words, groups, candidates, known, run_dir) -> dict:
         "fdr": config.fdr,
         "min_effect": config.min_effect,
         "rank_by": config.rank_by,
+        "diffmask_statistic": config.diffmask_statistic,
         "run_dir": str(run_dir),
     }
 
@@ -340,7 +345,8 @@ def _write(run_dir, words, groups, candidates, summary, runs, config) -> None:
         settings={"model A": config.model_a, "model B": config.model_b,
                   "candidates": f"{summary['n_candidates']} from {source}",
                   "min support": config.min_support, "FDR": config.fdr,
-                  "min effect (robust z)": config.min_effect, "ranked by": config.rank_by},
+                  "min effect (robust z)": config.min_effect, "ranked by": config.rank_by,
+                  "DIFFMASK statistic": config.diffmask_statistic},
         summary=summary,
         words=words,
         groups=groups,

@@ -24,6 +24,15 @@ A and under model B. Per word:
 
 Occurrences of one word in one title are rare (titles repeat words seldom), so occurrences are
 treated as independent pairs.
+
+``weight``: a per-candidate factor of the compared statistic (``mean_*``, ``diff``, ``t``, ...;
+the ``kept_*`` shares stay on the raw scores). :func:`kept_log_odds` is the one DIFFMASK
+comparisons use by default: a keep probability says whether a word is *needed* for the model's
+output, not what that output is, so "needed" under a model that clicks a title with 0.95 and
+"needed" under one that hesitates at 0.55 would count the same. Weighted by the log-odds of the
+click probability that the kept words alone give (the explanation's own masked output), a word
+counts by the decision it carries: positive for a click, negative for a non-click, near 0 for a
+coin flip.
 """
 
 from __future__ import annotations
@@ -104,24 +113,44 @@ def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
     return q.tolist()
 
 
-def _occurrences(pairs) -> dict[str, list[tuple[float, float]]]:
-    out: dict[str, list[tuple[float, float]]] = defaultdict(list)
+Weight = Callable[[AttributionResult], float]
+
+
+def kept_log_odds(result: AttributionResult, eps: float = 1e-6) -> float:
+    """``log(q / (1 - q))`` of the click probability ``q`` that the explanation's kept words
+    alone give (``masked_output``, clamped to ``[eps, 1 - eps]``): the per-candidate weight of
+    DIFFMASK comparisons (module doc). Raises ``ValueError`` without a masked output."""
+    q = result.masked_output
+    if q is None or not math.isfinite(q):
+        raise ValueError(
+            f"candidate {_key(result)} has no masked output: the kept_log_odds statistic needs "
+            "DIFFMASK explanations with their masked click probability"
+        )
+    q = min(max(float(q), eps), 1.0 - eps)
+    return math.log(q / (1.0 - q))
+
+
+def _occurrences(pairs, weight: Weight | None = None) -> dict[str, list[tuple]]:
+    """Per word: ``(score_a, score_b, weight_a, weight_b)`` for each occurrence."""
+    out: dict[str, list[tuple]] = defaultdict(list)
     for a, b in pairs:
+        wa, wb = (1.0, 1.0) if weight is None else (weight(a), weight(b))
         for word, sa, sb in zip(a.words, a.word_scores, b.word_scores):
-            out[word.lower()].append((float(sa), float(sb)))
+            out[word.lower()].append((float(sa), float(sb), wa, wb))
     return out
 
 
-def _word_row(word: str, pairs: list[tuple[float, float]], keep: float, n_boot: int,
+def _word_row(word: str, occurrences: list[tuple], keep: float, n_boot: int,
               n_perm: int, seed: int) -> dict:  # fmt: skip
-    x = np.asarray(pairs, dtype=float)  # [n, 2]
-    d = x[:, 1] - x[:, 0]
+    x = np.asarray(occurrences, dtype=float)  # [n, 4]: scores a, b and weights a, b
+    stat = x[:, :2] * x[:, 2:]  # [n, 2]: the compared statistic
+    d = stat[:, 1] - stat[:, 0]
     diff, low, high = bootstrap_ci(d, n_boot=n_boot, seed=seed)
     return {
         "word": word,
         "n": len(x),
-        "mean_a": float(x[:, 0].mean()),
-        "mean_b": float(x[:, 1].mean()),
+        "mean_a": float(stat[:, 0].mean()),
+        "mean_b": float(stat[:, 1].mean()),
         "kept_a": float((x[:, 0] >= keep).mean()),
         "kept_b": float((x[:, 1] >= keep).mean()),
         "diff": diff,
@@ -180,10 +209,11 @@ def word_differences(
     seed: int = 0,
     min_effect: float = 2.0,
     rank_by: str = "t",
+    weight: Weight | None = None,
 ) -> list[dict]:
     """One row per word seen at least ``min_support`` times (columns :data:`WORD_COLUMNS`),
-    sorted by ``rank_by`` (most risen under B first)."""
-    occurrences = _occurrences(paired_results(results_a, results_b))
+    sorted by ``rank_by`` (most risen under B first); ``weight``: see the module doc."""
+    occurrences = _occurrences(paired_results(results_a, results_b), weight)
     rows = [
         _word_row(word, occ, keep_threshold, n_boot, n_perm, seed)
         for word, occ in sorted(occurrences.items())
@@ -204,6 +234,7 @@ def group_differences(
     seed: int = 0,
     min_effect: float = 2.0,
     rank_by: str = "t",
+    weight: Weight | None = None,
 ) -> list[dict]:
     """:func:`word_differences` within each group of candidates (``group_of(result)``, ``None``:
     no group); the false discovery rate is controlled over all groups and words together.
@@ -221,7 +252,7 @@ def group_differences(
             "prob_a": _mean([a.original_output for a, _ in pairs]),
             "prob_b": _mean([b.original_output for _, b in pairs]),
         }
-        for word, occ in sorted(_occurrences(pairs).items()):
+        for word, occ in sorted(_occurrences(pairs, weight).items()):
             if len(occ) >= min_support:
                 rows.append({**info, **_word_row(word, occ, keep_threshold, n_boot, n_perm, seed)})
     rows = _with_q(rows, fdr, min_effect, rank_by)
@@ -266,6 +297,7 @@ __all__ = [
     "benjamini_hochberg",
     "candidate_changes",
     "group_differences",
+    "kept_log_odds",
     "paired_results",
     "paired_t",
     "ranking_auprc",

@@ -52,8 +52,11 @@ def _words_section(words: Sequence[Mapping[str, Any]], top_k: int) -> str:
     rising = [w for w in words if w["diff"] > 0][:top_k]
     falling = [w for w in reversed(words) if w["diff"] < 0][:top_k]
     note = (
-        '<p class="muted">diff = mean attribution under B minus under A, with its 95% '
-        "bootstrap interval; t = the paired t statistic (the change over its standard error: "
+        '<p class="muted">diff = mean attribution under B minus under A (for DIFFMASK with '
+        "the kept_log_odds statistic: the keep probability times the log-odds of the click "
+        "probability that the kept words alone give, i.e. the decision the word carries), "
+        "with its 95% bootstrap interval; t = the paired t statistic (the change over its "
+        "standard error: "
         "words seen often with a consistent change rank first), the order of these lists; "
         "effect_z = the change as a robust z-score among all words (a change every word "
         "shares is not an outlier); q = Benjamini-Hochberg adjusted p-value of a paired "
