@@ -87,7 +87,8 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     grad_clip: float = 1.0
     history_plm_grad: bool = False  # False: titles seen only in histories pass the PLM without
-    # gradient (its layers learn from the candidates; about half the backward pass); True: all
+    # gradient (its layers learn from the candidates; about half the backward pass); True:
+    # every title with gradient (the previous default)
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "no"
