@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from attribution_analysis.methods.explained_model import NewsRecommenderAdapter
+from attribution_analysis.methods.diffmask.diffmask import DIFFMASK
+from attribution_analysis.methods.explained_model import (
+    NewsRecommenderAdapter,
+    bernoulli_kl_from_logits,
+    decision_kl_from_logits,
+)
 from attribution_analysis.methods.integrated_gradients import IntegratedGradientsMethod
 from attribution_analysis.models.serialization import build_nrms
 from tests.helpers_foundation import tiny_config, tiny_tokenizer
@@ -43,11 +48,6 @@ def test_decision_probability_and_signed_attributions_flip():
 def test_decision_kl_counts_only_what_weakens_the_decision():
     """Closed form: KL(Bernoulli(sigmoid(p)) || Bernoulli(sigmoid(q))) where q moved against the
     decision sign(p), else 0; continuous at q = p with zero gradient there."""
-    from attribution_analysis.methods.explained_model import (
-        bernoulli_kl_from_logits,
-        decision_kl_from_logits,
-    )
-
     p = torch.tensor([2.0, 2.0, -1.0, -1.0, 0.5, 0.0])
     q = torch.tensor([1.0, 3.0, 0.0, -3.0, 0.5, -0.2])
     got = decision_kl_from_logits(p, q)
@@ -68,9 +68,7 @@ def test_decision_kl_counts_only_what_weakens_the_decision():
     assert torch.equal(q_at_p.grad, torch.zeros_like(p))
 
 
-def test_diffmask_accepts_decision_kl_for_the_recommender_only():
-    from attribution_analysis.methods.diffmask.diffmask import DIFFMASK
-
+def test_diffmask_takes_a_training_step_with_decision_kl():
     tok = tiny_tokenizer()
     torch.manual_seed(0)
     model = build_nrms(tiny_config(), len(tok)).eval()
