@@ -416,3 +416,106 @@ def test_the_delivered_mask_hinge_has_a_gradient_and_enters_the_lagrangian(setup
     off.train()
     step = off.step(ids, mask, ctx, torch.Generator().manual_seed(0))
     assert step.delivered_divergence is None and step.delivered_within_margin is not None
+
+
+# ------------------------------------------------ a probe that reads the user (probe_context)
+class UserKeyModel(KeyTokenModel):
+    """Logit = 6 * (number of the user's key token) - 3: user 0 cares only about token 2, user 1
+    only about token 3. Context ``user [batch, 2]`` (one-hot) is the context vector."""
+
+    name = "user_key"
+    KEYS = (2, 3)
+
+    @property
+    def context_vector_size(self) -> int:
+        return 2
+
+    def context_vector(self, context):
+        return context["user"]
+
+    def forward(
+        self, word_embeddings, attention_mask, context, output_hidden_states=False, edit=None
+    ):
+        x = word_embeddings * attention_mask[..., None]
+        counts = x[..., list(self.KEYS)].sum(1)  # [batch, 2]
+        logit = 6.0 * (counts * context["user"]).sum(-1) - 3.0
+        hidden = (word_embeddings, word_embeddings) if output_hidden_states else None
+        return ModelOutput(logit, hidden)
+
+
+def _user_key_data(n: int):
+    """Every title holds both keys (2 and 3) among fillers 4..7; each example has one user."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 8, (n, 6), generator=g)
+    pos = torch.randperm(6, generator=g)[:2]
+    ids[:, pos[0]], ids[:, pos[1]] = 2, 3
+    user = torch.nn.functional.one_hot(torch.randint(0, 2, (n,), generator=g), 2).float()
+    return ids, user
+
+
+def _train_user_key(probe_context: str, tmp_path, n: int = 128, n_epochs: int = 40):
+    ids, user = _user_key_data(n)
+    mask = torch.ones_like(ids)
+    batches = [
+        {"input_ids": ids[i : i + 16], "attention_mask": mask[i : i + 16], "user": user[i : i + 16]}
+        for i in range(0, len(ids), 16)
+    ]
+    torch.manual_seed(0)
+    dm = DIFFMASK(
+        UserKeyModel(),
+        probe_type="simple",
+        baseline_init="zeros",
+        learn_baseline=False,
+        constraint_margin=0.05,
+        probe_context=probe_context,
+    )
+    # A fixed budget: the user-specific solution comes after a long stretch at "keep both
+    # keys", where L0 and lambda look level (the convergence rule would stop there).
+    train_diffmask(
+        dm,
+        batches,
+        n_epochs=n_epochs,
+        lr_probe=3e-2,
+        lr_lambda=0.1,
+        output_dir=tmp_path,
+        quiet=True,
+        save_checkpoints=False,
+        convergence=None,
+    )
+    return dm.get_attributions(ids, mask, readout="deterministic", user=user), ids, user
+
+
+def test_a_probe_that_reads_the_user_keeps_only_that_users_key(tmp_path):
+    scores, ids, user = _train_user_key("user", tmp_path / "user")
+    wanted = torch.where(user[:, :1].bool(), ids == 2, ids == 3)
+    assert (scores[wanted] == 1).all(), scores[wanted]
+    assert (scores[~wanted] == 0).all(), scores[~wanted].max()
+    # Without the user the probe cannot tell which key decides: it must keep both.
+    blind, _, _ = _train_user_key("none", tmp_path / "none")
+    assert (blind[(ids == 2) | (ids == 3)] == 1).all()
+
+
+def test_probe_context_user_is_refused_without_a_context_vector_and_kept_in_checkpoints(
+    setup, tmp_path
+):
+    with pytest.raises(ValueError, match="no per-example context vector|has none"):
+        DIFFMASK(KeyTokenModel(), probe_context="user")
+    with pytest.raises(ValueError, match="probe_context must be one of"):
+        DIFFMASK(KeyTokenModel(), probe_context="history")
+    model = setup[2]
+    dm = _diffmask(setup, probe_context="user")
+    history = train_diffmask(dm, _loader(setup, 16), n_epochs=1, output_dir=tmp_path, quiet=True)
+    assert history.steps
+    loaded = load_diffmask_checkpoint(tmp_path / "checkpoints" / "diffmask_epoch_1.pt", model)
+    assert loaded.settings["probe_context"] == "user"
+    batch = next(iter(_loader(setup, 8)))
+    torch.testing.assert_close(_attr(loaded, batch), _attr(dm.eval(), batch))
+    # Same titles, other users: the attributions change (the probe reads the user vector).
+    torch.manual_seed(1)
+    for probe in dm.probe.probes:  # a probe moved off its constant start
+        nn.init.normal_(probe.mlp[-1].weight)
+    shuffled = batch["history_emb"].roll(1, dims=0)
+    other = dm.get_attributions(
+        batch["input_ids"], batch["attention_mask"], shuffled, batch["history_mask"].roll(1, 0)
+    )
+    assert not torch.allclose(other, _attr(dm, batch))

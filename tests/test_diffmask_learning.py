@@ -249,6 +249,17 @@ def test_convergence_rule_on_known_histories():
     assert check_convergence(_epochs([200] * 5, [0.0] * 5), rule).converged
     near_zero = check_convergence(_epochs([5, 0.0, 0.8, 0.1, 0.0], [0.2] * 5), rule)
     assert near_zero.converged  # a slack constraint: lambda hovers near 0
+    # level, but half the training masks miss the margin: a slowly climbing lambda (seen with
+    # a small lr_lambda) is not a balanced constraint
+    slow = [
+        {**e, "delivered_within_margin": 0.44} for e in _epochs([3, 3.5, 4, 4.2, 4.4], [0.1] * 5)
+    ]
+    unmet = check_convergence(slow, rule, constraint_target=0.95)
+    assert unmet.constraint_unmet and not unmet.converged
+    assert "too few training masks within the margin" in unmet.describe()
+    assert check_convergence(slow, rule).converged  # without a target: the old rule
+    met = [{**e, "delivered_within_margin": 0.96} for e in slow]
+    assert check_convergence(met, rule, constraint_target=0.95).converged
     too_early = ConvergenceRule(window=1, min_epochs=4)
     assert not check_convergence(_epochs([1, 1, 1], [0.2] * 3), too_early).converged
     assert not check_convergence(_epochs([1], [0.2]), rule).converged

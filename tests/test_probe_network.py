@@ -255,3 +255,37 @@ def test_vote_uses_own_gate_configuration_by_default():
     expected = gates.log_prob_nonzero(out.log_alpha, mask).sum(dim=0)
     torch.testing.assert_close(out.log_prob_nonzero, expected)
     assert torch.all(out.gates[mask] < 1.0)  # zeta == 1: real tokens are never fully kept
+
+
+# ------------------------------------------------------------------ a context vector (the user)
+@pytest.mark.parametrize("kind", ["simple", "vote"])
+def test_probe_reads_a_context_vector_next_to_every_token(kind):
+    def build():
+        if kind == "simple":
+            return SimpleProbeNetwork(HIDDEN, layer=2, context_dim=4)
+        return ProbeNetwork(HIDDEN, num_probe_layers=3, context_dim=4)
+
+    net = build()
+    _randomise(net)
+    hidden = _hidden_states()
+    ctx = torch.randn(BATCH, 4, generator=torch.Generator().manual_seed(1))
+    base = net.log_alpha(hidden, context=ctx)
+    # Each example's logits depend on its own context vector only.
+    other = ctx.clone()
+    other[1] = -other[1]  # (a constant shift would vanish in the layer norm)
+    changed = net.log_alpha(hidden, context=other)
+    torch.testing.assert_close(changed[..., [0, 2], :], base[..., [0, 2], :])
+    assert not torch.allclose(changed[..., 1, :], base[..., 1, :])
+    # The context is layer-normalised: a rescaled context gives the same logits.
+    torch.testing.assert_close(net.log_alpha(hidden, context=5.0 * ctx), base, atol=1e-3, rtol=0)
+    # Gradients reach the context's normalisation and the first layer's context columns.
+    out = net(hidden, _mask(), StochasticGates().train(), context=ctx)
+    out.log_prob_nonzero.sum().backward()
+    assert net.context_norm.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"context vector \[batch=3, 4\], got None"):
+        net.log_alpha(hidden)
+    with pytest.raises(ValueError, match="got \\(3, 5\\)"):
+        net.log_alpha(hidden, context=torch.zeros(BATCH, 5))
+    plain = SimpleProbeNetwork(HIDDEN) if kind == "simple" else ProbeNetwork(HIDDEN, 3)
+    with pytest.raises(ValueError, match="reads no context vector"):
+        plain.log_alpha(hidden, context=ctx)

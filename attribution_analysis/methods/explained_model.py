@@ -112,6 +112,17 @@ class ExplainedModel(ABC):
         """Precompute what stays fixed for a batch (called once per batch)."""
         return context
 
+    @property
+    def context_vector_size(self) -> int:
+        """Size of :meth:`context_vector` (0: the model has no per-example context vector)."""
+        return 0
+
+    def context_vector(self, context: Context) -> torch.Tensor:
+        """The per-example vector ``[batch, context_vector_size]`` that conditions the output
+        beyond the explained tokens (NRMS: the user vector), read by a probe with
+        ``probe_context="user"``; ``context`` is prepared (:meth:`prepare_context`)."""
+        raise ValueError(f"the explained model ({self.name}) has no per-example context vector")
+
     def hidden_states(
         self, word_embeddings: torch.Tensor, attention_mask: torch.Tensor, context: Context
     ) -> tuple[torch.Tensor, ...]:
@@ -230,6 +241,14 @@ class NewsRecommenderAdapter(ExplainedModel):
     @property
     def num_layers(self) -> int:
         return self.nrms.news_encoder.num_layers
+
+    @property
+    def context_vector_size(self) -> int:
+        return self.nrms.dim
+
+    def context_vector(self, context: Context) -> torch.Tensor:
+        """The user vector ``[batch, dim]`` (needs a prepared context)."""
+        return context["user"]
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.nrms.news_encoder.embed_words(input_ids)

@@ -14,7 +14,12 @@ Over the last ``window + 1`` epochs (so ``window`` epoch-to-epoch changes):
 where ``spread`` is max - min. The absolute tolerance on lambda lets a multiplier that hovers
 near 0 (a slack constraint: every example is inside the margin without pressure) count as level.
 A multiplier pinned at its cap ``lambda_max`` is never "level": the constraint could not be met
-with the largest pressure allowed (e.g. every gate closed and unable to reopen).
+with the largest pressure allowed (e.g. every gate closed and unable to reopen). Nor is a run
+whose training masks miss the constraint: with the per-example constraint (epochs record
+``delivered_within_margin``), the last epoch's share of delivered masks within the margin must
+reach ``constraint_target`` (``train_diffmask``: ``target_within_margin``). A multiplier that
+climbs slowly (a small ``lr_lambda``) can stay within the lambda tolerance while half the
+examples lie outside the margin; that run is still moving, not converged.
 
 A run that is not level can still stop on a **validation plateau**: ``patience`` epochs that
 meet the validation target (``target_within_margin`` of the validation examples within the
@@ -54,6 +59,7 @@ class ConvergenceStatus:
     lambda_at_cap: bool = False
     plateau: bool = False
     epochs_without_improvement: int | None = None
+    constraint_unmet: bool = False
 
     @property
     def stop(self) -> bool:
@@ -73,6 +79,8 @@ class ConvergenceStatus:
         state = "converged" if self.converged else "not converged"
         if self.lambda_at_cap:
             state += " (lambda at its cap lambda_max)"
+        if self.constraint_unmet:
+            state += " (too few training masks within the margin)"
         line = (
             f"{state} after {self.epochs} epochs: lambda spread {self.lambda_spread:.3g} "
             f"(tolerance {self.lambda_tolerance:.3g}), validation L0 spread "
@@ -117,12 +125,14 @@ def check_convergence(
     rule: ConvergenceRule,
     lambda_max: float | None = None,
     target_within_margin: float | None = None,
+    constraint_target: float | None = None,
 ) -> ConvergenceStatus:
     """Apply ``rule`` to the per-epoch summaries (each with ``lambda`` and ``val_l0``/``l0``);
     with ``lambda_max``, a window whose last epoch-mean lambda is within 1% of it never
     converges. With ``target_within_margin`` (and validation numbers ``val_l0``,
     ``val_within_margin``), a validation plateau of ``rule.patience`` epochs is reported as
-    ``plateau`` (never before ``rule.min_epochs``)."""
+    ``plateau`` (never before ``rule.min_epochs``). With ``constraint_target``, a last epoch
+    whose ``delivered_within_margin`` (per-example constraint) is under it never converges."""
     n = len(epochs)
     since = (
         None
@@ -141,14 +151,30 @@ def check_convergence(
     lambda_tol = rule.lambda_atol + rule.lambda_rtol * sum(abs(v) for v in lambdas) / len(lambdas)
     l0_spread = max(l0s) - min(l0s)
     at_cap = lambda_max is not None and lambdas[-1] >= 0.99 * lambda_max
+    delivered = recent[-1].get("delivered_within_margin")
+    unmet = (
+        constraint_target is not None
+        and delivered is not None
+        and float(delivered) < constraint_target
+    )
     converged = (
         n >= rule.min_epochs
         and lambda_spread <= lambda_tol
         and l0_spread <= rule.l0_atol
         and not at_cap
+        and not unmet
     )
     return ConvergenceStatus(
-        converged, n, lambda_spread, lambda_tol, l0_spread, rule.l0_atol, at_cap, plateau, since
+        converged,
+        n,
+        lambda_spread,
+        lambda_tol,
+        l0_spread,
+        rule.l0_atol,
+        at_cap,
+        plateau,
+        since,
+        unmet,
     )
 
 

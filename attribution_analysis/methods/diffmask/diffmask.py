@@ -51,6 +51,7 @@ _PROBE, _GATES, _OBJECTIVE = ProbeConfig(), GateConfig(), ObjectiveConfig()
 """The config sections whose fields are the constructor's defaults (one source of truth)."""
 
 PROBE_TYPES = ("simple", "layerwise")
+PROBE_CONTEXTS = ("none", "user")
 NON_CONSTRUCTOR_SETTINGS = ("explained_model", "baseline_used")
 """Keys of ``DIFFMASK.settings`` that are recorded but are not constructor arguments."""
 READOUTS = ("keep_probability", "sigmoid", "deterministic")
@@ -130,6 +131,7 @@ class DIFFMASK(nn.Module):
         logit_decay: float = _OBJECTIVE.logit_decay,
         delivered_check_examples: int | None = _OBJECTIVE.delivered_check_examples,
         delivered_constraint: bool = _OBJECTIVE.delivered_constraint,
+        probe_context: str = _PROBE.probe_context,
     ) -> None:
         super().__init__()
         adapter = make_adapter(model)
@@ -142,6 +144,7 @@ class DIFFMASK(nn.Module):
         hidden_dim = adapter.hidden_size
         self._check_choices(probe_type, readout, baseline_init, mask_layer, adapter)
         divergence = adapter.check_divergence(divergence or adapter.default_divergence)
+        self._check_probe_context(probe_context, adapter)
         if constraint not in CONSTRAINTS:
             raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {constraint!r}")
         if sparsity_loss not in SPARSITY_LOSSES:
@@ -195,6 +198,7 @@ class DIFFMASK(nn.Module):
             "logit_decay": float(logit_decay),
             "delivered_check_examples": delivered_check_examples,
             "delivered_constraint": bool(delivered_constraint),
+            "probe_context": probe_context,
             "explained_model": adapter.name,
         }
         self.gates = StochasticGates(temperature=temperature, stretch=stretch)
@@ -217,9 +221,23 @@ class DIFFMASK(nn.Module):
         if not 0 <= mask_layer <= adapter.num_layers:
             raise ValueError(f"mask_layer must be in [0, {adapter.num_layers}], got {mask_layer}")
 
+    @staticmethod
+    def _check_probe_context(probe_context: str, adapter: ExplainedModel) -> None:
+        if probe_context not in PROBE_CONTEXTS:
+            raise ValueError(
+                f"probe_context must be one of {PROBE_CONTEXTS}, got {probe_context!r}"
+            )
+        if probe_context == "user" and adapter.context_vector_size == 0:
+            raise ValueError(
+                f"probe_context='user' needs a model with a per-example context vector (NRMS's "
+                f"user vector); the explained model ({adapter.name}) has none"
+            )
+
     def _build_probe(self, adapter: ExplainedModel, probe_hidden_dim: int | None) -> nn.Module:
         s = self.settings
         kwargs = {"init_bias": s["probe_init_bias"]}
+        if s["probe_context"] == "user":
+            kwargs["context_dim"] = adapter.context_vector_size
         if probe_hidden_dim:
             kwargs["width"] = probe_hidden_dim
         if s["probe_type"] == "simple":
@@ -264,11 +282,21 @@ class DIFFMASK(nn.Module):
         ``[batch, tokens]`` bool."""
         return scorable_mask(input_ids, attention_mask, self._special_ids)
 
-    def _probe(self, hidden_states, scorable, generator=None) -> ProbeOutput:
+    def _probe_context(self, context: Context) -> torch.Tensor | None:
+        """The context vector the probe reads, ``[batch, dim]`` (``None`` unless
+        ``probe_context="user"``); ``context`` is prepared."""
+        if self.settings.get("probe_context", "none") == "none":
+            return None
+        return self.adapter.context_vector(context).detach()
+
+    def _probe(self, hidden_states, scorable, context: Context, generator=None) -> ProbeOutput:
+        vector = self._probe_context(context)
         if isinstance(self.probe, ProbeNetwork):
             max_layer = self.settings["mask_layer"] if self.settings["mask_layer"] > 0 else None
-            return self.probe(hidden_states, scorable, self.gates, max_layer, generator=generator)
-        return self.probe(hidden_states, scorable, self.gates, generator=generator)
+            return self.probe(
+                hidden_states, scorable, self.gates, max_layer, generator=generator, context=vector
+            )
+        return self.probe(hidden_states, scorable, self.gates, generator=generator, context=vector)
 
     def _gate(self, gates: torch.Tensor):
         baseline = self.baseline
@@ -299,7 +327,7 @@ class DIFFMASK(nn.Module):
         if original is None:
             original = self.original_pass(input_ids, attention_mask, context)
         hidden = tuple(h.detach() for h in original.hidden_states)
-        probe = self._probe(hidden, scorable, generator)
+        probe = self._probe(hidden, scorable, context, generator)
         masked = self._masked_forward(words, attention_mask, context, probe.gates)
         kind = self.divergence_kind
         div = adapter.divergence(original.output, masked.output, context, kind)
@@ -489,7 +517,8 @@ class DIFFMASK(nn.Module):
         """Per-token attributions ``[batch, tokens]`` (0 on padding and special tokens).
 
         One forward pass of the explained model up to its hidden states (for the recommender:
-        the PLM only, neither the news encoder's head nor the user vector) plus the probe.
+        the PLM only, not the news encoder's head; the user vector only when the probe reads
+        it, ``probe_context="user"``) plus the probe.
         ``history_emb [batch, history, dim]`` (and ``history_mask``) are the recommender's
         context; omit them for a classifier.
         """
@@ -501,15 +530,19 @@ class DIFFMASK(nn.Module):
         with eval_mode(adapter.model):  # dropout off: attributions are deterministic
             words = adapter.embed(input_ids)
             hidden = adapter.hidden_states(words, attention_mask, ctx)
+            if self.settings.get("probe_context", "none") != "none":
+                ctx = adapter.prepare_context(ctx)
         scorable = self.scorable_mask(input_ids, attention_mask)
-        return self._readout(self._log_alpha(hidden), scorable, readout)
+        return self._readout(self._log_alpha(hidden, ctx), scorable, readout)
 
-    def _log_alpha(self, hidden_states) -> torch.Tensor:
-        """Gate locations of every voting probe ``[n_probes, batch, tokens]``."""
+    def _log_alpha(self, hidden_states, context: Context) -> torch.Tensor:
+        """Gate locations of every voting probe ``[n_probes, batch, tokens]``; ``context``
+        prepared when the probe reads a context vector."""
+        vector = self._probe_context(context)
         if isinstance(self.probe, ProbeNetwork):
             max_layer = self.settings["mask_layer"] if self.settings["mask_layer"] > 0 else None
-            return self.probe.log_alpha(hidden_states, max_layer)
-        return self.probe.log_alpha(hidden_states)[None]
+            return self.probe.log_alpha(hidden_states, max_layer, vector)
+        return self.probe.log_alpha(hidden_states, vector)[None]
 
     def _readout(self, log_alpha: torch.Tensor, scorable: torch.Tensor, readout: str):
         """Scores ``[batch, tokens]`` from ``log_alpha [n_probes, batch, tokens]``."""

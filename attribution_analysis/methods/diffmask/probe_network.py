@@ -108,6 +108,25 @@ def _keep_probability(log_prob_nonzero: Tensor, mask: Tensor) -> Tensor:
     return torch.where(keep, log_prob_nonzero.exp(), torch.zeros_like(log_prob_nonzero))
 
 
+def _with_context(
+    features: Tensor, context: Tensor | None, context_dim: int, norm: nn.Module | None
+) -> Tensor:
+    """``features [batch, tokens, f]`` -> ``[batch, tokens, f + context_dim]``: each token's
+    features followed by its example's normalised context vector ``[batch, context_dim]``
+    (unchanged when ``context_dim`` is 0)."""
+    if context_dim == 0:
+        if context is not None:
+            raise ValueError("this probe reads no context vector, but one was given")
+        return features
+    if context is None or context.dim() != 2 or context.shape != (len(features), context_dim):
+        shape = None if context is None else tuple(context.shape)
+        raise ValueError(
+            f"this probe reads a context vector [batch={len(features)}, {context_dim}], got {shape}"
+        )
+    ctx = norm(context.to(features.dtype))[:, None, :].expand(-1, features.shape[1], -1)
+    return torch.cat([features, ctx], dim=-1)
+
+
 def _check_hidden(state: Tensor, hidden_dim: int, index: int) -> None:
     """Raise a ValueError unless ``state`` is ``[batch, tokens, hidden_dim]``."""
     if state.dim() != 3 or state.shape[-1] != hidden_dim:
@@ -125,6 +144,8 @@ class SimpleProbeNetwork(nn.Module):
         layer: index into ``hidden_states`` (default -1, the last layer).
         gates: default :class:`StochasticGates` used when ``forward`` gets none; its temperature
             and limits also define :meth:`keep_probability`.
+        context_dim: size of a per-example context vector (e.g. NRMS's user vector) read next
+            to each token's state (layer-normalised); 0: none.
         **probe_kwargs: passed to :class:`ProbeLayer`.
     """
 
@@ -134,19 +155,23 @@ class SimpleProbeNetwork(nn.Module):
         layer: int = -1,
         *,
         gates: StochasticGates | None = None,
+        context_dim: int = 0,
         **probe_kwargs,
     ) -> None:
         super().__init__()
         self.hidden_dim = hidden_dim
         self.layer = layer
+        self.context_dim = context_dim
         self.gates = gates if gates is not None else StochasticGates()
-        self.probe = ProbeLayer(hidden_dim, **probe_kwargs)
+        self.context_norm = nn.LayerNorm(context_dim) if context_dim else None
+        self.probe = ProbeLayer(hidden_dim + context_dim, **probe_kwargs)
 
     def extra_repr(self) -> str:
-        return f"hidden_dim={self.hidden_dim}, layer={self.layer}"
+        return f"hidden_dim={self.hidden_dim}, layer={self.layer}, context_dim={self.context_dim}"
 
-    def log_alpha(self, hidden_states: Sequence[Tensor]) -> Tensor:
-        """Gate locations ``[batch, tokens]`` from ``hidden_states[layer]``."""
+    def log_alpha(self, hidden_states: Sequence[Tensor], context: Tensor | None = None) -> Tensor:
+        """Gate locations ``[batch, tokens]`` from ``hidden_states[layer]`` (and ``context``
+        ``[batch, context_dim]`` when the probe reads one)."""
         n = len(hidden_states)
         if not -n <= self.layer < n:
             raise ValueError(
@@ -154,7 +179,7 @@ class SimpleProbeNetwork(nn.Module):
             )
         state = hidden_states[self.layer]
         _check_hidden(state, self.hidden_dim, self.layer)
-        return self.probe(state)
+        return self.probe(_with_context(state, context, self.context_dim, self.context_norm))
 
     def forward(
         self,
@@ -162,6 +187,7 @@ class SimpleProbeNetwork(nn.Module):
         mask: Tensor,
         gates: StochasticGates | None = None,
         generator: torch.Generator | None = None,
+        context: Tensor | None = None,
     ) -> ProbeOutput:
         """Gates for each token.
 
@@ -171,13 +197,14 @@ class SimpleProbeNetwork(nn.Module):
             gates: gate module (sampling in train mode, deterministic in eval mode); defaults to
                 the network's own ``gates``.
             generator: optional random generator for sampling.
+            context: ``[batch, context_dim]`` when the probe reads a context vector.
 
         Returns:
             :class:`ProbeOutput` with ``gates`` and ``log_prob_nonzero`` ``[batch, tokens]``
             (1 and 0 at padding) and ``log_alpha`` ``[batch, tokens]``.
         """
         gate_module = gates if gates is not None else self.gates
-        log_alpha = self.log_alpha(hidden_states)
+        log_alpha = self.log_alpha(hidden_states, context)
         values, log_prob = gate_module(log_alpha, mask, generator=generator)
         return ProbeOutput(gates=values, log_prob_nonzero=log_prob, log_alpha=log_alpha)
 
@@ -186,10 +213,11 @@ class SimpleProbeNetwork(nn.Module):
         hidden_states: Sequence[Tensor],
         mask: Tensor,
         gates: StochasticGates | None = None,
+        context: Tensor | None = None,
     ) -> Tensor:
         """Closed-form ``P(z != 0)`` ``[batch, tokens]``, exactly 0 at padding."""
         gate_module = gates if gates is not None else self.gates
-        log_prob = gate_module.log_prob_nonzero(self.log_alpha(hidden_states), mask)
+        log_prob = gate_module.log_prob_nonzero(self.log_alpha(hidden_states, context), mask)
         return _keep_probability(log_prob, mask)
 
 
@@ -208,6 +236,8 @@ class ProbeNetwork(nn.Module):
         num_probe_layers: number of probes (and of hidden states needed, embeddings included).
         gates: default :class:`StochasticGates` used when ``forward`` gets none; its temperature
             and limits also define :meth:`keep_probability`.
+        context_dim: size of a per-example context vector (e.g. NRMS's user vector) that every
+            probe reads next to ``[h(0); h(k)]`` (layer-normalised once); 0: none.
         **probe_kwargs: passed to each :class:`ProbeLayer`.
     """
 
@@ -217,6 +247,7 @@ class ProbeNetwork(nn.Module):
         num_probe_layers: int,
         *,
         gates: StochasticGates | None = None,
+        context_dim: int = 0,
         **probe_kwargs,
     ) -> None:
         super().__init__()
@@ -224,13 +255,19 @@ class ProbeNetwork(nn.Module):
             raise ValueError(f"num_probe_layers must be >= 1, got {num_probe_layers}")
         self.hidden_dim = hidden_dim
         self.num_probe_layers = num_probe_layers
+        self.context_dim = context_dim
         self.gates = gates if gates is not None else StochasticGates()
+        self.context_norm = nn.LayerNorm(context_dim) if context_dim else None
         self.probes = nn.ModuleList(
-            ProbeLayer(2 * hidden_dim, **probe_kwargs) for _ in range(num_probe_layers)
+            ProbeLayer(2 * hidden_dim + context_dim, **probe_kwargs)
+            for _ in range(num_probe_layers)
         )
 
     def extra_repr(self) -> str:
-        return f"hidden_dim={self.hidden_dim}, num_probe_layers={self.num_probe_layers}"
+        return (
+            f"hidden_dim={self.hidden_dim}, num_probe_layers={self.num_probe_layers}, "
+            f"context_dim={self.context_dim}"
+        )
 
     def _num_probes(self, max_layer: int | None) -> int:
         """Number of voting probes: all of them, or ``0..max_layer``."""
@@ -242,8 +279,14 @@ class ProbeNetwork(nn.Module):
             )
         return max_layer + 1
 
-    def log_alpha(self, hidden_states: Sequence[Tensor], max_layer: int | None = None) -> Tensor:
-        """Per-probe gate locations ``[n_probes, batch, tokens]``.
+    def log_alpha(
+        self,
+        hidden_states: Sequence[Tensor],
+        max_layer: int | None = None,
+        context: Tensor | None = None,
+    ) -> Tensor:
+        """Per-probe gate locations ``[n_probes, batch, tokens]`` (``context`` ``[batch,
+        context_dim]`` when the probes read one).
 
         Raises:
             ValueError: if fewer than ``n_probes`` hidden states are given or shapes are wrong.
@@ -260,6 +303,7 @@ class ProbeNetwork(nn.Module):
         for k in range(n_probes):
             _check_hidden(hidden_states[k], self.hidden_dim, k)
             features = torch.cat([embeddings, hidden_states[k]], dim=-1)
+            features = _with_context(features, context, self.context_dim, self.context_norm)
             logits.append(self.probes[k](features))
         return torch.stack(logits, dim=0)
 
@@ -270,6 +314,7 @@ class ProbeNetwork(nn.Module):
         gates: StochasticGates | None = None,
         max_layer: int | None = None,
         generator: torch.Generator | None = None,
+        context: Tensor | None = None,
     ) -> ProbeOutput:
         """Product of per-probe gates and sum of per-probe ``log P(z != 0)``.
 
@@ -284,13 +329,14 @@ class ProbeNetwork(nn.Module):
             gates: gate module; defaults to the network's own ``gates``.
             max_layer: if given, only probes ``0..max_layer`` vote.
             generator: optional random generator; probes are sampled in order ``0, 1, ...``.
+            context: ``[batch, context_dim]`` when the probes read a context vector.
 
         Returns:
             :class:`ProbeOutput` with ``gates`` and ``log_prob_nonzero`` ``[batch, tokens]``
             (1 and 0 at padding) and ``log_alpha`` ``[n_probes, batch, tokens]``.
         """
         gate_module = gates if gates is not None else self.gates
-        log_alpha = self.log_alpha(hidden_states, max_layer)
+        log_alpha = self.log_alpha(hidden_states, max_layer, context)
         product: Tensor | None = None
         log_prob_sum: Tensor | None = None
         for probe_log_alpha in log_alpha.unbind(0):
@@ -305,12 +351,13 @@ class ProbeNetwork(nn.Module):
         mask: Tensor,
         gates: StochasticGates | None = None,
         max_layer: int | None = None,
+        context: Tensor | None = None,
     ) -> Tensor:
         """Closed-form keep probability of the product gate ``[batch, tokens]``, 0 at padding.
 
         Equals the product over voting probes of ``P(z_k != 0)``.
         """
         gate_module = gates if gates is not None else self.gates
-        log_alpha = self.log_alpha(hidden_states, max_layer)
+        log_alpha = self.log_alpha(hidden_states, max_layer, context)
         log_prob = gate_module.log_prob_nonzero(log_alpha, mask).sum(dim=0)
         return _keep_probability(log_prob, mask)

@@ -324,7 +324,9 @@ def train_diffmask(
     if convergence is None:
         history.convergence = None
     elif history.epochs:  # judge a resumed run by the rule given now
-        status = check_convergence(history.epochs, convergence, lambda_max, target)
+        status = check_convergence(
+            history.epochs, convergence, lambda_max, target, target_within_margin
+        )
         history.convergence = {**status.to_dict(), "rule": convergence.to_dict()}
     done = history.stopped
     floor = floor_armed(history.steps, diffmask.settings.get("lambda_min", 0.0))
@@ -384,7 +386,9 @@ def train_diffmask(
                         }
             history.epochs.append(summary)
             if convergence is not None:
-                status = check_convergence(history.epochs, convergence, lambda_max, target)
+                status = check_convergence(
+                    history.epochs, convergence, lambda_max, target, target_within_margin
+                )
                 summary["converged"] = status.converged
                 history.convergence = {**status.to_dict(), "rule": convergence.to_dict()}
                 done = status.stop
