@@ -310,6 +310,13 @@ class ModelComparisonConfig:
     (see ``evaluation/model_diff.py``). ``diffmask_statistic``: what is compared for DIFFMASK,
     ``kept_log_odds`` (each word's keep probability times the log-odds of the click probability
     that the kept words alone give: the decision the word carries) or ``keep_probability``.
+    ``diffmask_train_data``: where each model's DIFFMASK draws its training and validation
+    examples: ``candidates`` (the train split of the corpus that gives the explained
+    candidates, the same for both models) or ``own`` (each recommender's own train split).
+    ``group_train_share``: with ``include_groups``, this share of each DIFFMASK's training
+    examples is drawn from those groups' candidates (0: a plain random draw), so that the probe
+    learns the candidates it is asked to explain; a per-example constraint met on 97% of a
+    random draw can leave a group of 2% outside the margin.
     """
 
     model_a: str = "configs/attribution/poison_clean.yaml"
@@ -330,6 +337,8 @@ class ModelComparisonConfig:
     min_effect: float = 2.0
     rank_by: str = "t"
     diffmask_statistic: str = "kept_log_odds"
+    diffmask_train_data: str = "candidates"
+    group_train_share: float = 0.2
     top_k: int = 15
     known_words: list[str] = field(default_factory=list)
     output_dir: str = "output/compare_models"
@@ -351,6 +360,10 @@ def _share(v: Any) -> bool:
     return 0 < v <= 1
 
 
+def _fraction(v: Any) -> bool:
+    return 0 <= v < 1
+
+
 LOWER_CACHE_MODES = ("auto", "float32", "float16", "bfloat16", "disk", "off")
 """How the recommender keeps its frozen-bottom cache (``models/lower_cache.py``)."""
 
@@ -360,6 +373,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "non_negative": (_non_negative, "must be >= 0"),
     "positive": (_positive, "must be a finite number > 0"),
     "share": (_share, "must be in (0, 1]"),
+    "fraction": (_fraction, "must be in [0, 1)"),
     "lower_cache": (LOWER_CACHE_MODES.__contains__, f"must be one of {LOWER_CACHE_MODES}"),
     "model": (("a", "b").__contains__, "must be 'a' or 'b'"),
     "group_column": (
@@ -372,6 +386,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         ("kept_log_odds", "keep_probability").__contains__,
         "must be 'kept_log_odds' or 'keep_probability'",
     ),
+    "train_data": (("candidates", "own").__contains__, "must be 'candidates' or 'own'"),
 }
 VALUE_RULES: dict[type, dict[str, str]] = {
     DataConfig: {"max_title_len": "positive_int", "max_history": "non_negative",
@@ -399,7 +414,8 @@ VALUE_RULES: dict[type, dict[str, str]] = {
                             "keep_threshold": "share", "fdr": "share", "n_boot": "positive_int",
                             "n_perm": "positive_int", "top_k": "positive_int",
                             "min_effect": "non_negative", "rank_by": "rank_by",
-                            "diffmask_statistic": "diffmask_statistic"},
+                            "diffmask_statistic": "diffmask_statistic",
+                            "diffmask_train_data": "train_data", "group_train_share": "fraction"},
     AttributionConfig: {"n_samples": "positive_int", "batch_size": "positive_int",
                         "top_k": "positive_int", "ig_steps": "positive_int"},
 }  # fmt: skip

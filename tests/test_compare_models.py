@@ -158,6 +158,49 @@ def test_included_groups_add_all_their_candidates() -> None:
     )
 
 
+def test_diffmask_trains_on_a_share_of_the_included_groups() -> None:
+    from types import SimpleNamespace
+
+    from attribution_analysis.app.model_comparison import diffmask_examples
+    from attribution_analysis.app.workspace import split_examples
+    from attribution_analysis.config import DiffMaskConfig, ModelComparisonConfig
+    from attribution_analysis.data.mind import Impression
+
+    # 100 impressions, 5 candidates each: one in 10 candidates is injected (50 of 500)
+    impressions = [
+        Impression(str(i), "U1", "", (), tuple(f"N{i}_{j}" for j in range(5)), (1, 0, 0, 0, 0))
+        for i in range(100)
+    ]
+    news = {
+        f"N{i}_{j}": SimpleNamespace(category="injected" if (5 * i + j) % 10 == 0 else "news")
+        for i in range(100)
+        for j in range(5)
+    }
+    config = SimpleNamespace(
+        diffmask=DiffMaskConfig(train_examples=100, val_examples=50), seed=3, n_samples=10,
+        split="dev",
+    )  # fmt: skip
+    data = SimpleNamespace(train=impressions, split=lambda name: impressions, news=news)
+    ws = SimpleNamespace(config=config, data=data)
+    random_train, random_val, _ = split_examples(ws)
+    injected = lambda examples: sum(news[e.news_id].category == "injected" for e in examples)  # noqa: E731
+    # without include_groups (or with share 0): the random draw, unchanged
+    plain = ModelComparisonConfig(group_train_share=0.3)
+    assert diffmask_examples(ws, plain) == (random_train, random_val)
+    zero = ModelComparisonConfig(include_groups=["injected"], group_train_share=0.0)
+    assert diffmask_examples(ws, zero) == (random_train, random_val)
+    # share 0.3: 30 of the 100 training examples are injected candidates, the rest random
+    config = ModelComparisonConfig(include_groups=["injected"], group_train_share=0.3)
+    train, val = diffmask_examples(ws, config)
+    assert len(train) == 100 and len(val) == 50 and injected(train) == 30
+    assert len({id(e) for e in train} | {id(e) for e in val}) == 150  # disjoint
+    assert injected(random_train) < 20  # a random draw holds about 10
+    # the share counts the group's first candidates of the seeded draw; too few: all of them
+    config.group_train_share = 0.9
+    train, _ = diffmask_examples(ws, config)
+    assert injected(train) == 50 and len(train) == 100
+
+
 def test_candidates_from_a_third_data_config(run, capsys) -> None:
     """The control of a poisoning comparison: two clean models explained on the poisoned
     corpus's candidates (``candidates_data``)."""

@@ -291,3 +291,19 @@ def test_model_comparison_statistic_is_checked() -> None:
     assert cfg.diffmask_statistic == "keep_probability"
     with pytest.raises(ConfigError, match="diffmask_statistic"):
         from_dict(ModelComparisonConfig, {"diffmask_statistic": "keep"})
+
+
+def test_model_comparison_training_data_keys_are_checked() -> None:
+    cfg = from_dict(ModelComparisonConfig, {})
+    assert cfg.diffmask_train_data == "candidates" and cfg.group_train_share == 0.2
+    assert from_dict(ModelComparisonConfig, {"group_train_share": 0}).group_train_share == 0
+    for key, bad in (("diffmask_train_data", "mine"), ("group_train_share", 1.0),
+                     ("group_train_share", -0.1)):  # fmt: skip
+        with pytest.raises(ConfigError, match=key):
+            from_dict(ModelComparisonConfig, {key: bad})
+
+
+def test_probe_context_is_a_probe_setting() -> None:
+    cfg = from_dict(DiffMaskConfig, {"probe": {"probe_context": "user"}})
+    assert cfg.constructor_kwargs()["probe_context"] == "user"
+    assert from_dict(DiffMaskConfig, {}).probe.probe_context == "none"

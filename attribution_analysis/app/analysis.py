@@ -95,8 +95,21 @@ def train_for_workspace(
     ws: Workspace, run_dir: Path, quiet: bool = False, diffmask: DIFFMASK | None = None
 ) -> DIFFMASK:
     """Train a DIFFMASK (a fresh one unless given) on the workspace's example split."""
-    diffmask = diffmask or ws.build_diffmask()
     train_ex, val_ex, _ = split_examples(ws)
+    return train_on_examples(ws, run_dir, train_ex, val_ex, quiet, diffmask)
+
+
+def train_on_examples(
+    ws: Workspace,
+    run_dir: Path,
+    train_ex: list,
+    val_ex: list,
+    quiet: bool = False,
+    diffmask: DIFFMASK | None = None,
+) -> DIFFMASK:
+    """Train a DIFFMASK (a fresh one unless given) on the given train and validation examples
+    of the workspace's data; the history is written to ``run_dir``."""
+    diffmask = diffmask or ws.build_diffmask()
     history = _train(ws, diffmask, run_dir, train_ex, val_ex, quiet)
     if ws.is_main:
         _write_history(history, run_dir)

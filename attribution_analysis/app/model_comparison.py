@@ -22,10 +22,10 @@ from pathlib import Path
 
 import yaml
 
-from attribution_analysis.app.analysis import _csv_text, annotate, train_for_workspace
+from attribution_analysis.app.analysis import _csv_text, annotate, train_on_examples
 from attribution_analysis.app.cli import set_resume_hint
 from attribution_analysis.app.comparison import build_methods
-from attribution_analysis.app.workspace import Workspace, open_workspace
+from attribution_analysis.app.workspace import Workspace, open_workspace, split_examples
 from attribution_analysis.config import (
     AttributionConfig,
     ConfigError,
@@ -112,7 +112,9 @@ def _explain(ws: Workspace, view: Workspace, examples, config: ModelComparisonCo
     ``config.methods``: ``{method: AttributionRun}`` (``attributions[_<method>].jsonl``)."""
     diffmask = ws.build_diffmask()
     check_resumable(out / "diffmask" / "checkpoints", diffmask)
-    diffmask = train_for_workspace(ws, out / "diffmask", quiet, diffmask=diffmask)
+    source = view if config.diffmask_train_data == "candidates" else ws
+    train_ex, val_ex = diffmask_examples(source, config)
+    diffmask = train_on_examples(source, out / "diffmask", train_ex, val_ex, quiet, diffmask)
     device = str(next(diffmask.parameters()).device)
     methods = build_methods(view, list(dict.fromkeys(["diffmask", *config.methods])), diffmask,
                             ws.config.ig_steps)  # fmt: skip
@@ -124,6 +126,26 @@ def _explain(ws: Workspace, view: Workspace, examples, config: ModelComparisonCo
         runs[name].save(out / ("attributions.jsonl" if name == "diffmask"
                                else f"attributions_{name}.jsonl"))  # fmt: skip
     return runs
+
+
+def diffmask_examples(ws: Workspace, config: ModelComparisonConfig) -> tuple[list, list]:
+    """One model's DIFFMASK training and validation examples from ``ws``'s train split: the
+    draw of :func:`~attribution_analysis.app.workspace.split_examples`, except that with
+    ``include_groups`` a ``group_train_share`` of the training examples are candidates of those
+    groups (the first of the same seeded draw); validation stays a random draw of the rest."""
+    train_ex, val_ex, _ = split_examples(ws)
+    n_train, n_val = len(train_ex), len(val_ex)
+    share = config.group_train_share if config.include_groups else 0.0
+    if share == 0:
+        return train_ex, val_ex
+    pool = select_examples(ws.data.train, None, seed=ws.config.seed)
+    news, wanted = ws.data.news, set(config.include_groups)
+    in_group = [getattr(news[e.news_id], config.group_by) in wanted for e in pool]
+    group = [e for e, g in zip(pool, in_group) if g][: round(share * n_train)]
+    chosen = {id(e) for e in group}
+    rest = [e for e in pool if id(e) not in chosen]
+    n_rest = n_train - len(group)
+    return group + rest[:n_rest], rest[n_rest : n_rest + n_val]
 
 
 def _candidates(config: ModelComparisonConfig, data_ws: Workspace) -> list:
