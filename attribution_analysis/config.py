@@ -187,6 +187,10 @@ class ObjectiveConfig:
     # divergence, with gradient (one more masked pass a step); without it, examples the
     # sampled masks keep within the margin but the delivered mask does not get no gradient,
     # and lambda can creep without levelling off. Implies checking the whole batch
+    delivered_gradient: str = "exact"  # the delivered-mask hinge's gradient: "exact" (through
+    # the clamped deterministic gates: none reaches a gate that one voting probe has closed);
+    # "straight_through": each token's gate gradient passed to every voting probe's logit
+    # with the slope at log_alpha = 0, so a vetoed gate can reopen
     sparsity_loss: str = "l0"  # "l0": mean P(z != 0); "log_l0": mean log P(z != 0)
     logit_decay: float = 1e-3  # weight of mean(log_alpha^2), keeps gates away from saturation
     lambda_init: float = 1.0  # the Lagrange multiplier's start
@@ -387,6 +391,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "must be 'kept_log_odds' or 'keep_probability'",
     ),
     "train_data": (("candidates", "own").__contains__, "must be 'candidates' or 'own'"),
+    "delivered_gradient": (
+        ("exact", "straight_through").__contains__,
+        "must be 'exact' or 'straight_through'",
+    ),
 }
 VALUE_RULES: dict[type, dict[str, str]] = {
     DataConfig: {"max_title_len": "positive_int", "max_history": "non_negative",
@@ -402,6 +410,7 @@ VALUE_RULES: dict[type, dict[str, str]] = {
                  "mask_layer": "non_negative"},
     ObjectiveConfig: {"constraint_margin": "positive", "within_margin_goal": "share",
                       "delivered_check_examples": "positive_int", "logit_decay": "non_negative",
+                      "delivered_gradient": "delivered_gradient",
                       "lambda_init": "non_negative", "lambda_min": "non_negative",
                       "lambda_max": "positive"},
     DiffMaskTrainingConfig: {"n_epochs": "positive_int", "lr_probe": "positive",

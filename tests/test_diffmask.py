@@ -519,3 +519,40 @@ def test_probe_context_user_is_refused_without_a_context_vector_and_kept_in_chec
         batch["input_ids"], batch["attention_mask"], shuffled, batch["history_mask"].roll(1, 0)
     )
     assert not torch.allclose(other, _attr(dm, batch))
+
+
+# ------------------------------------------- a gate one voting probe has closed (the veto)
+def _vetoed_key_step(delivered_gradient: str):
+    """KeyTokenModel under the layer vote (2 probes), probe 0 open (+3) and probe 1 closed at
+    -11 on every token: the delivered mask drops the KEY token, so every example lies far
+    outside the margin. Returns the gradient of the Lagrangian in each probe's bias."""
+    torch.manual_seed(0)
+    dm = DIFFMASK(
+        KeyTokenModel(),
+        probe_type="layerwise",
+        baseline_init="zeros",
+        learn_baseline=False,
+        logit_decay=0.0,  # isolates the hinge and sparsity terms
+        delivered_gradient=delivered_gradient,
+    )
+    with torch.no_grad():
+        dm.probe.probes[1].bias.fill_(-11.0)
+    ids = torch.tensor([[4, KeyTokenModel.KEY, 5, 6], [KeyTokenModel.KEY, 7, 4, 5]])
+    mask = torch.ones_like(ids)
+    dm.train()
+    step = dm.step(ids, mask, {}, torch.Generator().manual_seed(0))
+    assert (step.delivered_divergence > dm.margin).all()
+    dm.lagrangian(step).backward()
+    return [float(p.bias.grad) for p in dm.probe.probes]
+
+
+def test_straight_through_reopens_a_gate_one_probe_has_vetoed():
+    exact = _vetoed_key_step("exact")
+    # Through the clamped product nothing pushes the vetoed gate open: the closing probe's
+    # only gradient is sparsity's (>= 0: close further), and the open probe gets none.
+    assert exact[1] >= 0 and abs(exact[0]) < 1e-6
+    through = _vetoed_key_step("straight_through")
+    # Straight-through: the hinge pushes both voting probes' logits up (descent on -grad).
+    assert through[1] < -0.05 and through[0] < -0.05
+    with pytest.raises(ValueError, match="delivered_gradient must be one of"):
+        DIFFMASK(KeyTokenModel(), delivered_gradient="soft")

@@ -83,7 +83,13 @@ def saved_settings(settings: dict) -> dict:
     """A checkpoint's settings, with the defaults of settings added since it was written:
     ``lambda_min`` 0 (checkpoints from before the floor were trained without one) and
     ``delivered_constraint`` False (nor with the hinge on the delivered mask)."""
-    return {"lambda_min": 0.0, "delivered_constraint": False, "probe_context": "none", **settings}
+    return {
+        "lambda_min": 0.0,
+        "delivered_constraint": False,
+        "probe_context": "none",
+        "delivered_gradient": "exact",
+        **settings,
+    }
 
 
 def _from_settings(model, settings: dict, state: dict) -> DIFFMASK:

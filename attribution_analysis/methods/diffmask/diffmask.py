@@ -58,6 +58,7 @@ READOUTS = ("keep_probability", "sigmoid", "deterministic")
 BASELINE_INITS = ("mask", "zeros", "pad")
 CONSTRAINTS = ("per_example", "mean")
 SPARSITY_LOSSES = ("l0", "log_l0")
+DELIVERED_GRADIENTS = ("exact", "straight_through")
 
 
 @dataclass
@@ -132,6 +133,7 @@ class DIFFMASK(nn.Module):
         delivered_check_examples: int | None = _OBJECTIVE.delivered_check_examples,
         delivered_constraint: bool = _OBJECTIVE.delivered_constraint,
         probe_context: str = _PROBE.probe_context,
+        delivered_gradient: str = _OBJECTIVE.delivered_gradient,
     ) -> None:
         super().__init__()
         adapter = make_adapter(model)
@@ -161,6 +163,11 @@ class DIFFMASK(nn.Module):
             raise ValueError(
                 "delivered_check_examples applies only with delivered_constraint=False (the "
                 "delivered-mask hinge needs every example of the batch)"
+            )
+        if delivered_gradient not in DELIVERED_GRADIENTS:
+            raise ValueError(
+                f"delivered_gradient must be one of {DELIVERED_GRADIENTS}, "
+                f"got {delivered_gradient!r}"
             )
         if not 0 < within_margin_goal <= 1:
             raise ValueError(f"within_margin_goal must be in (0, 1], got {within_margin_goal}")
@@ -199,6 +206,7 @@ class DIFFMASK(nn.Module):
             "delivered_check_examples": delivered_check_examples,
             "delivered_constraint": bool(delivered_constraint),
             "probe_context": probe_context,
+            "delivered_gradient": delivered_gradient,
             "explained_model": adapter.name,
         }
         self.gates = StochasticGates(temperature=temperature, stretch=stretch)
@@ -407,9 +415,22 @@ class DIFFMASK(nn.Module):
         self, log_alpha: torch.Tensor, scorable: torch.Tensor, grad: bool = False
     ) -> torch.Tensor:
         """Test-time gates ``[batch, tokens]`` (product over probes; 1 where not scorable);
-        with gradient to ``log_alpha`` only when ``grad``."""
+        with gradient to ``log_alpha`` only when ``grad``.
+
+        With ``delivered_gradient="straight_through"`` the values are the same but the
+        gradient is not the clamped product's: each token's gate gradient reaches every voting
+        probe's ``log_alpha`` times ``(zeta - gamma) / 4`` (the slope at ``log_alpha = 0``).
+        Through the exact product, a token that one probe has closed (``log_alpha`` far below
+        0, its gate clamped at exactly 0) passes no gradient to any probe, so the hinge cannot
+        reopen it however far outside the margin its example lies."""
         log_alpha = log_alpha if log_alpha.dim() == 3 else log_alpha[None]
-        gates = self._deterministic_product(log_alpha if grad else log_alpha.detach())
+        if grad and self.settings.get("delivered_gradient") == "straight_through":
+            hard = self._deterministic_product(log_alpha.detach())
+            dist = self.gates.distribution(log_alpha.detach())
+            surrogate = log_alpha.sum(0) * ((dist.zeta - dist.gamma) / 4)
+            gates = hard + (surrogate - surrogate.detach())
+        else:
+            gates = self._deterministic_product(log_alpha if grad else log_alpha.detach())
         return torch.where(scorable, gates, torch.ones_like(gates))
 
     def _deterministic_product(self, log_alpha: torch.Tensor) -> torch.Tensor:
