@@ -81,8 +81,9 @@ def check_compatible(blob: dict, model: nn.Module | ExplainedModel, path: str | 
 
 def saved_settings(settings: dict) -> dict:
     """A checkpoint's settings, with the defaults of settings added since it was written:
-    ``lambda_min`` 0 (checkpoints from before the floor were trained without one) and
-    ``delivered_constraint`` False (nor with the hinge on the delivered mask)."""
+    ``lambda_min`` 0 (checkpoints from before the floor were trained without one),
+    ``delivered_constraint`` False (nor with the hinge on the delivered mask), ``probe_context``
+    ``"none"`` and ``delivered_gradient`` ``"exact"`` (the behaviour before those settings)."""
     return {
         "lambda_min": 0.0,
         "delivered_constraint": False,
