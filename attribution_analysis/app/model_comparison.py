@@ -140,8 +140,8 @@ def diffmask_examples(ws: Workspace, config: ModelComparisonConfig) -> tuple[lis
         return train_ex, val_ex
     pool = select_examples(ws.data.train, None, seed=ws.config.seed)
     news, wanted = ws.data.news, set(config.include_groups)
-    in_group = [getattr(news[e.news_id], config.group_by) in wanted for e in pool]
-    group = [e for e, g in zip(pool, in_group) if g][: round(share * n_train)]
+    group = [e for e in pool if getattr(news[e.news_id], config.group_by) in wanted]
+    group = group[: round(share * n_train)]
     chosen = {id(e) for e in group}
     rest = [e for e in pool if id(e) not in chosen]
     n_rest = n_train - len(group)

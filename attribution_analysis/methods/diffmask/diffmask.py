@@ -293,7 +293,7 @@ class DIFFMASK(nn.Module):
     def _probe_context(self, context: Context) -> torch.Tensor | None:
         """The context vector the probe reads, ``[batch, dim]`` (``None`` unless
         ``probe_context="user"``); ``context`` is prepared."""
-        if self.settings.get("probe_context", "none") == "none":
+        if self.settings["probe_context"] == "none":
             return None
         return self.adapter.context_vector(context).detach()
 
@@ -424,10 +424,9 @@ class DIFFMASK(nn.Module):
         0, its gate clamped at exactly 0) passes no gradient to any probe, so the hinge cannot
         reopen it however far outside the margin its example lies."""
         log_alpha = log_alpha if log_alpha.dim() == 3 else log_alpha[None]
-        if grad and self.settings.get("delivered_gradient") == "straight_through":
+        if grad and self.settings["delivered_gradient"] == "straight_through":
             hard = self._deterministic_product(log_alpha.detach())
-            dist = self.gates.distribution(log_alpha.detach())
-            surrogate = log_alpha.sum(0) * ((dist.zeta - dist.gamma) / 4)
+            surrogate = log_alpha.sum(0) * ((self.gates.zeta - self.gates.gamma) / 4)
             gates = hard + (surrogate - surrogate.detach())
         else:
             gates = self._deterministic_product(log_alpha if grad else log_alpha.detach())
@@ -551,7 +550,7 @@ class DIFFMASK(nn.Module):
         with eval_mode(adapter.model):  # dropout off: attributions are deterministic
             words = adapter.embed(input_ids)
             hidden = adapter.hidden_states(words, attention_mask, ctx)
-            if self.settings.get("probe_context", "none") != "none":
+            if self.settings["probe_context"] != "none":
                 ctx = adapter.prepare_context(ctx)
         scorable = self.scorable_mask(input_ids, attention_mask)
         return self._readout(self._log_alpha(hidden, ctx), scorable, readout)
