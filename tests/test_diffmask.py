@@ -546,13 +546,35 @@ def _vetoed_key_step(delivered_gradient: str):
     return [float(p.bias.grad) for p in dm.probe.probes]
 
 
+def test_straight_through_gradient_reaches_only_probes_not_yet_open():
+    """Per token, the straight-through gradient of the delivered gate reaches exactly the
+    probes whose own test-time gate is below 1, with the slope (zeta - gamma) / 4: none for a
+    token every probe keeps (no push that would inflate its logits), one for a vetoed token's
+    closing probe, both for a closed token; the delivered values are the exact product's."""
+    dm = DIFFMASK(KeyTokenModel(), probe_type="layerwise", delivered_gradient="straight_through")
+    # [probes, batch, tokens]: token 0 open in both probes, token 1 vetoed by probe 1, token 2
+    # closed by both, token 3 half open in probe 0 (its gate strictly between 0 and 1)
+    values = torch.tensor([[[5.0, 5.0, -11.0, 0.0]], [[5.0, -11.0, -11.0, 5.0]]])
+    log_alpha = values.clone().requires_grad_(True)
+    scorable = torch.ones(1, 4, dtype=torch.bool)
+    gates = dm._deterministic_gates(log_alpha, scorable, grad=True)
+    exact = dm._deterministic_gates(values, scorable)
+    assert torch.equal(gates.detach(), exact)
+    assert gates[0, 0] == 1 and gates[0, 1] == 0 and gates[0, 2] == 0 and 0 < gates[0, 3] < 1
+    gates.sum().backward()
+    slope = (dm.gates.zeta - dm.gates.gamma) / 4
+    expected = torch.tensor([[[0.0, 0.0, slope, slope]], [[0.0, slope, slope, 0.0]]])
+    torch.testing.assert_close(log_alpha.grad, expected)
+
+
 def test_straight_through_reopens_a_gate_one_probe_has_vetoed():
     exact = _vetoed_key_step("exact")
     # Through the clamped product nothing pushes the vetoed gate open: the closing probe's
     # only gradient is sparsity's (>= 0: close further), and the open probe gets none.
     assert exact[1] >= 0 and abs(exact[0]) < 1e-6
     through = _vetoed_key_step("straight_through")
-    # Straight-through: the hinge pushes both voting probes' logits up (descent on -grad).
-    assert through[1] < -0.05 and through[0] < -0.05
+    # Straight-through: the hinge pushes the vetoing probe's logit up (descent on -grad); the
+    # open probe (+3, its own gate already at 1) gets no push, as through the exact product.
+    assert through[1] < -0.05 and abs(through[0]) < 1e-6
     with pytest.raises(ValueError, match="delivered_gradient must be one of"):
         DIFFMASK(KeyTokenModel(), delivered_gradient="soft")

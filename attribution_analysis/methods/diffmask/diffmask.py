@@ -418,15 +418,21 @@ class DIFFMASK(nn.Module):
         with gradient to ``log_alpha`` only when ``grad``.
 
         With ``delivered_gradient="straight_through"`` the values are the same but the
-        gradient is not the clamped product's: each token's gate gradient reaches every voting
-        probe's ``log_alpha`` times ``(zeta - gamma) / 4`` (the slope at ``log_alpha = 0``).
-        Through the exact product, a token that one probe has closed (``log_alpha`` far below
-        0, its gate clamped at exactly 0) passes no gradient to any probe, so the hinge cannot
-        reopen it however far outside the margin its example lies."""
+        gradient is not the clamped product's: each token's gate gradient reaches the
+        ``log_alpha`` of every voting probe whose own gate is not already fully open, times
+        ``(zeta - gamma) / 4`` (the slope at ``log_alpha = 0``). Through the exact product, a
+        token that one probe has closed (``log_alpha`` far below 0, its gate clamped at exactly
+        0) passes no gradient to any probe, so the hinge cannot reopen it however far outside
+        the margin its example lies. A probe whose gate is already at 1 gets none (as through
+        the exact product): opening it further changes nothing, and a push there would only
+        drive its logit up without bound (measured: |log_alpha| of 30-40, most gates saturated).
+        """
         log_alpha = log_alpha if log_alpha.dim() == 3 else log_alpha[None]
         if grad and self.settings["delivered_gradient"] == "straight_through":
-            hard = self._deterministic_product(log_alpha.detach())
-            surrogate = log_alpha.sum(0) * ((self.gates.zeta - self.gates.gamma) / 4)
+            own = self.gates.distribution(log_alpha.detach()).deterministic()  # [probes, b, t]
+            hard = own.prod(0)
+            slope = (self.gates.zeta - self.gates.gamma) / 4
+            surrogate = (log_alpha * (own < 1).to(log_alpha.dtype)).sum(0) * slope
             gates = hard + (surrogate - surrogate.detach())
         else:
             gates = self._deterministic_product(log_alpha if grad else log_alpha.detach())
