@@ -578,3 +578,17 @@ def test_straight_through_reopens_a_gate_one_probe_has_vetoed():
     assert through[1] < -0.05 and abs(through[0]) < 1e-6
     with pytest.raises(ValueError, match="delivered_gradient must be one of"):
         DIFFMASK(KeyTokenModel(), delivered_gradient="soft")
+
+
+@pytest.mark.parametrize(("bias", "expected"), [(0.0, 0.0), (40.0, 1.0), (-40.0, 1.0)])
+def test_saturated_share_counts_gates_no_sample_moves(bias, expected):
+    """The health signal training reports: gates whose logit is so far out that their sampled
+    value is clamped (0 or 1) for all practical purposes count as saturated."""
+    dm = DIFFMASK(KeyTokenModel(), probe_type="layerwise")
+    with torch.no_grad():
+        for probe in dm.probe.probes:  # its last layer starts at zero: log_alpha = bias
+            probe.bias.fill_(bias)
+    ids = torch.tensor([[4, KeyTokenModel.KEY, 5, 6]])
+    dm.train()
+    step = dm.step(ids, torch.ones_like(ids), {}, torch.Generator().manual_seed(0))
+    assert dm.saturated_share(step) == expected

@@ -62,6 +62,26 @@ def test_monte_carlo_point_mass_at_one(temperature, kwargs):
     _within_3se(freq, prob)
 
 
+@pytest.mark.parametrize(("temperature", "kwargs"), CONFIGS)
+def test_monte_carlo_gradient_probability(temperature, kwargs):
+    """prob_gradient = P(0 < z < 1): the share of samples off the clamps, and of samples whose
+    gradient in log_alpha is non-zero (the definition of "saturated" the training reports)."""
+    _, z = _samples(temperature, kwargs, seed=2)
+    freq = ((z > 0) & (z < 1)).double().mean(dim=1)
+    dist = HardConcrete(LOG_ALPHAS, temperature, **kwargs)
+    _within_3se(freq, dist.prob_gradient().double())
+    if _limits(kwargs)[1] == 1.0:
+        return  # zeta = 1: float rounding of s to 1 (then capped below 1) also stops gradients
+    log_alpha = LOG_ALPHAS[:, None].expand(-1, 20_000).clone().requires_grad_(True)
+    gen = torch.Generator().manual_seed(3)
+    HardConcrete(log_alpha, temperature, **kwargs).rsample(gen).sum().backward()
+    alive = (log_alpha.grad != 0).double().mean(dim=1)
+    expected = HardConcrete(LOG_ALPHAS, temperature, **kwargs).prob_gradient().double()
+    tolerance = 4 * torch.sqrt(expected * (1 - expected) / 20_000) + 1e-3
+    assert torch.all((alive - expected).abs() < tolerance)
+    assert float(HardConcrete(torch.tensor(40.0), temperature, **kwargs).prob_gradient()) < 1e-9
+
+
 def test_known_values_louizos_defaults():
     dist = HardConcrete(torch.tensor([0.0, -3.0]))
     prob = dist.prob_nonzero()

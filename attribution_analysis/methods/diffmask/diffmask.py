@@ -59,6 +59,8 @@ BASELINE_INITS = ("mask", "zeros", "pad")
 CONSTRAINTS = ("per_example", "mean")
 SPARSITY_LOSSES = ("l0", "log_l0")
 DELIVERED_GRADIENTS = ("exact", "straight_through")
+SATURATION = 1e-3
+"""A gate is saturated when its sampled value passes a gradient with a probability below this."""
 
 
 @dataclass
@@ -492,6 +494,17 @@ class DIFFMASK(nn.Module):
         log_alpha = step.probe.log_alpha
         scorable = step.scorable.expand_as(log_alpha).to(log_alpha.dtype)
         return decay * (log_alpha.pow(2) * scorable).sum() / scorable.sum().clamp(min=1)
+
+    def saturated_share(self, step: DiffMaskStep, threshold: float = SATURATION) -> float:
+        """Share of the probes' scorable gates (every probe of the vote, every scorable token)
+        that are saturated: their sampled gate passes a gradient to ``log_alpha`` with
+        probability ``P(0 < z < 1)`` below ``threshold`` (``|log_alpha|`` beyond about 8.5
+        with the default gates), so no sampled mask moves them. A training health signal,
+        reported per epoch; a few percent is normal, most gates saturated is not."""
+        log_alpha = step.probe.log_alpha.detach()
+        scorable = step.scorable.expand_as(log_alpha)
+        alive = self.gates.distribution(log_alpha).prob_gradient()
+        return float((alive[scorable] < threshold).float().mean()) if scorable.any() else 0.0
 
     def dual_signal(self, step: DiffMaskStep) -> torch.Tensor:
         """The ascent direction of lambda (its "gradient").

@@ -203,6 +203,7 @@ def _train_step(
         "divergence": step.divergence.mean().item(),
         "within_margin": step.within_margin.float().mean().item(),
         "lambda": diffmask.lagrange_multiplier.item(),
+        "saturated": diffmask.saturated_share(step),
     }
     if step.delivered_within_margin is not None:
         out["delivered_within_margin"] = step.delivered_within_margin.float().mean().item()
@@ -371,8 +372,9 @@ def train_diffmask(
                 )
             summary = {"epoch": epoch}
             keys = ["loss", "l0", "divergence", "within_margin", "lambda"]
-            if rows and "delivered_within_margin" in rows[0]:
-                keys.append("delivered_within_margin")
+            for key in ("delivered_within_margin", "saturated"):
+                if rows and all(key in r for r in rows):
+                    keys.append(key)
             for key in keys:
                 summary[key] = sum(r[key] for r in rows) / max(len(rows), 1)
             if val_loader is not None:
