@@ -189,7 +189,8 @@ class ObjectiveConfig:
     # and lambda can creep without levelling off. Implies checking the whole batch
     delivered_gradient: str = "exact"  # the delivered-mask hinge's gradient: "exact" (through
     # the clamped deterministic gates: none reaches a gate that one voting probe has closed);
-    # "straight_through": each token's gate gradient passed to every voting probe's logit
+    # "straight_through": the exact gradient plus, where a voting probe's own gate is
+    # clamped at 0, the token's gate gradient (its opening part) passed to that probe's logit
     # with the slope at log_alpha = 0, so a vetoed gate can reopen
     sparsity_loss: str = "l0"  # "l0": mean P(z != 0); "log_l0": mean log P(z != 0)
     logit_decay: float = 1e-3  # weight of mean(log_alpha^2), keeps gates away from saturation

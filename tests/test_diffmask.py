@@ -546,24 +546,29 @@ def _vetoed_key_step(delivered_gradient: str):
     return [float(p.bias.grad) for p in dm.probe.probes]
 
 
-def test_straight_through_gradient_reaches_only_probes_not_yet_open():
-    """Per token, the straight-through gradient of the delivered gate reaches exactly the
-    probes whose own test-time gate is below 1, with the slope (zeta - gamma) / 4: none for a
-    token every probe keeps (no push that would inflate its logits), one for a vetoed token's
-    closing probe, both for a closed token; the delivered values are the exact product's."""
+@pytest.mark.parametrize("direction", [-1.0, 1.0])
+def test_straight_through_adds_only_an_opening_push_to_closed_probes(direction):
+    """The straight-through delivered gradient is the exact one plus, for each probe whose own
+    test-time gate is clamped at 0, the token's gate gradient times (zeta - gamma) / 4, its
+    opening part only: a loss that wants gates open (direction -1) pushes a vetoing probe and
+    both probes of a closed token up, one that wants them closed (+1) pushes nothing closed
+    further; an open gate gets nothing either way, a half-open one its exact gradient. The
+    delivered values are the exact product's."""
     dm = DIFFMASK(KeyTokenModel(), probe_type="layerwise", delivered_gradient="straight_through")
     # [probes, batch, tokens]: token 0 open in both probes, token 1 vetoed by probe 1, token 2
-    # closed by both, token 3 half open in probe 0 (its gate strictly between 0 and 1)
+    # closed by both, token 3 half open in probe 0 (log_alpha 0: gate 0.5) and open in probe 1
     values = torch.tensor([[[5.0, 5.0, -11.0, 0.0]], [[5.0, -11.0, -11.0, 5.0]]])
     log_alpha = values.clone().requires_grad_(True)
     scorable = torch.ones(1, 4, dtype=torch.bool)
     gates = dm._deterministic_gates(log_alpha, scorable, grad=True)
     exact = dm._deterministic_gates(values, scorable)
     assert torch.equal(gates.detach(), exact)
-    assert gates[0, 0] == 1 and gates[0, 1] == 0 and gates[0, 2] == 0 and 0 < gates[0, 3] < 1
-    gates.sum().backward()
-    slope = (dm.gates.zeta - dm.gates.gamma) / 4
-    expected = torch.tensor([[[0.0, 0.0, slope, slope]], [[0.0, slope, slope, 0.0]]])
+    assert gates[0, 0] == 1 and gates[0, 1] == 0 and gates[0, 2] == 0
+    torch.testing.assert_close(gates[0, 3], torch.tensor(0.5))
+    (direction * gates.sum()).backward()
+    slope = (dm.gates.zeta - dm.gates.gamma) / 4  # also the exact slope at log_alpha = 0
+    push = slope * min(direction, 0.0)
+    expected = torch.tensor([[[0.0, 0.0, push, direction * slope]], [[0.0, push, push, 0.0]]])
     torch.testing.assert_close(log_alpha.grad, expected)
 
 

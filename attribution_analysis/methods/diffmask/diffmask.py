@@ -89,6 +89,19 @@ class DiffMaskStep:
     delivered_divergence: torch.Tensor | None = None
 
 
+class _OpeningOnly(torch.autograd.Function):
+    """Identity whose backward keeps the gradient's negative part only: in descent, a push
+    that raises the gate logits behind it (opens gates), never one that lowers them."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.clamp(max=0.0)
+
+
 class DIFFMASK(nn.Module):
     """Differentiable masking for one explained model.
 
@@ -419,25 +432,23 @@ class DIFFMASK(nn.Module):
         """Test-time gates ``[batch, tokens]`` (product over probes; 1 where not scorable);
         with gradient to ``log_alpha`` only when ``grad``.
 
-        With ``delivered_gradient="straight_through"`` the values are the same but the
-        gradient is not the clamped product's: each token's gate gradient reaches the
-        ``log_alpha`` of every voting probe whose own gate is not already fully open, times
-        ``(zeta - gamma) / 4`` (the slope at ``log_alpha = 0``). Through the exact product, a
-        token that one probe has closed (``log_alpha`` far below 0, its gate clamped at exactly
-        0) passes no gradient to any probe, so the hinge cannot reopen it however far outside
-        the margin its example lies. A probe whose gate is already at 1 gets none (as through
-        the exact product): opening it further changes nothing, and a push there would only
-        drive its logit up without bound (measured: |log_alpha| of 30-40, most gates saturated).
+        With ``delivered_gradient="straight_through"`` the values and the exact gradient are
+        the same, plus a straight-through push that can only open: where a voting probe's own
+        gate is clamped at 0, the token's gate gradient reaches that probe's ``log_alpha``
+        times ``(zeta - gamma) / 4`` (the slope at ``log_alpha = 0``), its opening part only.
+        Through the exact product alone, a token that one probe has closed (``log_alpha`` far
+        below 0) passes no gradient to any probe, so the hinge cannot reopen it however far
+        outside the margin its example lies. The push neither reaches open gates nor closes
+        gates further: either would drive logits without bound (measured with a push on every
+        probe in both directions: |log_alpha| up to 40-118, most gates saturated).
         """
         log_alpha = log_alpha if log_alpha.dim() == 3 else log_alpha[None]
+        gates = self._deterministic_product(log_alpha if grad else log_alpha.detach())
         if grad and self.settings["delivered_gradient"] == "straight_through":
-            own = self.gates.distribution(log_alpha.detach()).deterministic()  # [probes, b, t]
-            hard = own.prod(0)
+            closed = self.gates.distribution(log_alpha.detach()).deterministic() == 0
             slope = (self.gates.zeta - self.gates.gamma) / 4
-            surrogate = (log_alpha * (own < 1).to(log_alpha.dtype)).sum(0) * slope
-            gates = hard + (surrogate - surrogate.detach())
-        else:
-            gates = self._deterministic_product(log_alpha if grad else log_alpha.detach())
+            push = (log_alpha * closed.to(log_alpha.dtype)).sum(0) * slope  # [batch, tokens]
+            gates = gates + (_OpeningOnly.apply(push) - push.detach())
         return torch.where(scorable, gates, torch.ones_like(gates))
 
     def _deterministic_product(self, log_alpha: torch.Tensor) -> torch.Tensor:
