@@ -439,8 +439,9 @@ class DIFFMASK(nn.Module):
         Through the exact product alone, a token that one probe has closed (``log_alpha`` far
         below 0) passes no gradient to any probe, so the hinge cannot reopen it however far
         outside the margin its example lies. The push neither reaches open gates nor closes
-        gates further: either would drive logits without bound (measured with a push on every
-        probe in both directions: |log_alpha| up to 40-118, most gates saturated).
+        gates further: either drives logits without bound (measured on a frozen-encoder
+        recommender: a push on every probe left 86-91% of the gates saturated, |log_alpha| up
+        to 166; one on closed probes in both directions drove them down to -118).
         """
         log_alpha = log_alpha if log_alpha.dim() == 3 else log_alpha[None]
         gates = self._deterministic_product(log_alpha if grad else log_alpha.detach())
