@@ -80,6 +80,8 @@ def test_monte_carlo_gradient_probability(temperature, kwargs):
     tolerance = 4 * torch.sqrt(expected * (1 - expected) / 20_000) + 1e-3
     assert torch.all((alive - expected).abs() < tolerance)
     assert float(HardConcrete(torch.tensor(40.0), temperature, **kwargs).prob_gradient()) < 1e-9
+    half = HardConcrete(LOG_ALPHAS.to(torch.bfloat16), temperature, **kwargs).prob_gradient()
+    torch.testing.assert_close(half, dist.prob_gradient(), atol=1e-6, rtol=0)  # float32 inside
 
 
 def test_known_values_louizos_defaults():

@@ -138,14 +138,16 @@ class HardConcrete:
         """``P(0 < z < 1)``, the chance that a sample passes a gradient to ``log_alpha`` (it
         lies on the stretched sigmoid, not clamped at 0 or 1); same shape as ``log_alpha``:
         ``P(z != 0) - P(z == 1)``, with ``P(z == 1) = sigmoid(log_alpha - beta *
-        log((1 - gamma) / (zeta - 1)))`` (0 when ``zeta == 1``). A gate where it is about 0
-        is saturated: no sampled mask moves it."""
+        log((1 - gamma) / (zeta - 1)))`` (0 when ``zeta == 1``), computed in at least float32.
+        A gate where it is about 0 is saturated: no sampled mask moves it."""
+        log_alpha = self.log_alpha.to(_compute_dtype(self.log_alpha.dtype))  # bf16: 0 by 7.6
+        nonzero = F.logsigmoid(log_alpha - self.temperature * math.log(-self.gamma / self.zeta))
         if self.zeta > 1.0:
             shift = self.temperature * math.log((1.0 - self.gamma) / (self.zeta - 1.0))
-            at_one = torch.sigmoid(self.log_alpha - shift)
+            at_one = torch.sigmoid(log_alpha - shift)
         else:
-            at_one = torch.zeros_like(self.log_alpha)
-        return (self.prob_nonzero() - at_one).clamp(min=0.0)
+            at_one = torch.zeros_like(log_alpha)
+        return (nonzero.exp() - at_one).clamp(min=0.0)
 
     def prob_nonzero(self) -> Tensor:
         """``P(z != 0)``, the expected L0 norm of each gate; same shape as ``log_alpha``."""
