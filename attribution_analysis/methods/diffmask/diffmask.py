@@ -444,9 +444,10 @@ class DIFFMASK(nn.Module):
         to 166; one on closed probes in both directions drove them down to -118).
         """
         log_alpha = log_alpha if log_alpha.dim() == 3 else log_alpha[None]
-        gates = self._deterministic_product(log_alpha if grad else log_alpha.detach())
+        own = self.gates.distribution(log_alpha if grad else log_alpha.detach()).deterministic()
+        gates = own.prod(0)  # as _deterministic_product, keeping each probe's own gate
         if grad and self.settings["delivered_gradient"] == "straight_through":
-            closed = self.gates.distribution(log_alpha.detach()).deterministic() == 0
+            closed = own.detach() == 0
             slope = (self.gates.zeta - self.gates.gamma) / 4
             push = (log_alpha * closed.to(log_alpha.dtype)).sum(0) * slope  # [batch, tokens]
             gates = gates + (_OpeningOnly.apply(push) - push.detach())

@@ -131,8 +131,11 @@ class HardConcrete:
 
     def log_prob_nonzero(self) -> Tensor:
         """``log P(z != 0) = logsigmoid(log_alpha - beta * log(-gamma / zeta))``, same shape."""
-        shift = self.temperature * math.log(-self.gamma / self.zeta)
-        return F.logsigmoid(self.log_alpha - shift)
+        return F.logsigmoid(self.log_alpha - self._nonzero_shift())
+
+    def _nonzero_shift(self) -> float:
+        """``beta * log(-gamma / zeta)``: ``P(z != 0) = sigmoid(log_alpha - shift)``."""
+        return self.temperature * math.log(-self.gamma / self.zeta)
 
     def prob_gradient(self) -> Tensor:
         """``P(0 < z < 1)``, the chance that a sample passes a gradient to ``log_alpha`` (it
@@ -141,13 +144,13 @@ class HardConcrete:
         log((1 - gamma) / (zeta - 1)))`` (0 when ``zeta == 1``), computed in at least float32.
         A gate where it is about 0 is saturated: no sampled mask moves it."""
         log_alpha = self.log_alpha.to(_compute_dtype(self.log_alpha.dtype))  # bf16: 0 by 7.6
-        nonzero = F.logsigmoid(log_alpha - self.temperature * math.log(-self.gamma / self.zeta))
+        nonzero = torch.sigmoid(log_alpha - self._nonzero_shift())
         if self.zeta > 1.0:
             shift = self.temperature * math.log((1.0 - self.gamma) / (self.zeta - 1.0))
             at_one = torch.sigmoid(log_alpha - shift)
         else:
             at_one = torch.zeros_like(log_alpha)
-        return (nonzero.exp() - at_one).clamp(min=0.0)
+        return (nonzero - at_one).clamp(min=0.0)
 
     def prob_nonzero(self) -> Tensor:
         """``P(z != 0)``, the expected L0 norm of each gate; same shape as ``log_alpha``."""
