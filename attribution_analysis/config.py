@@ -89,6 +89,9 @@ class TrainConfig:
     history_plm_grad: bool = False  # False: titles seen only in histories pass the PLM without
     # gradient (its layers learn from the candidates; about half the backward pass); True:
     # every title with gradient (the previous default)
+    history_cache_steps: int = 0  # > 0 (needs history_plm_grad: false): a history-only title's
+    # news vector, computed without gradient, is reused for up to this many steps
+    # (models/history_cache.py); the news encoder then learns from the candidates only. 0: off
     seed: int = 0
     device: str = "auto"
     mixed_precision: str = "no"
@@ -96,6 +99,15 @@ class TrainConfig:
     run_name: str | None = None
     max_dev_impressions: int | None = None
     lower_cache: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.history_cache_steps < 0:
+            raise ConfigError(f"history_cache_steps must be >= 0, got {self.history_cache_steps}")
+        if self.history_cache_steps and self.history_plm_grad:
+            raise ConfigError(
+                "history_cache_steps > 0 needs history_plm_grad: false (cached history vectors "
+                "carry no gradient)"
+            )
 
 
 @dataclass

@@ -11,6 +11,7 @@ from attribution_analysis.config import ConfigError, RecommenderConfig, from_dic
 from attribution_analysis.data.loading import load_mind_data
 from attribution_analysis.models import lower_cache as lc
 from attribution_analysis.models.click_scorer import ClickScorer, batch_logits
+from attribution_analysis.models.history_cache import HistoryVectorCache
 from attribution_analysis.models.serialization import build_nrms
 from tests.helpers_foundation import data_config, make_corpus, tiny_config, tiny_tokenizer
 
@@ -105,3 +106,112 @@ def test_config_key_is_a_boolean():
     )
     with pytest.raises(ConfigError, match="history_plm_grad"):
         from_dict(RecommenderConfig, {"train": {"history_plm_grad": "no"}})
+
+
+# --- the history cache (train.history_cache_steps) --------------------------------------------
+
+HISTORY_ONLY = torch.tensor([7, 8, 9, 10, 11, 12])
+
+
+def _vectors(model, data, cache, rows: torch.Tensor) -> torch.Tensor:
+    """News vectors ``[rows, dim]`` of token-table ``rows``, computed directly."""
+    ids, mask = data.table.rows(rows)
+    enc = model.news_encoder
+    if cache is not None:
+        return enc.forward_from_lower(cache[rows][:, : ids.shape[1]], mask)
+    return enc(ids, mask).vectors
+
+
+def _logits_from(model, data, cache, history_only: torch.Tensor | None) -> torch.Tensor:
+    """Scores with every candidate encoded with gradient; history-only titles take
+    ``history_only [6, dim]`` (rows 7-12 in order), or their detached fresh vectors (None)."""
+    cand, hist = BATCH["candidates"], BATCH["history"]
+    rows = torch.cat([cand.flatten(), hist.flatten()])
+    unique, inverse = torch.unique(rows, return_inverse=True)
+    vectors = _vectors(model, data, cache, unique)
+    if history_only is None:
+        history_only = vectors[torch.searchsorted(unique, HISTORY_ONLY)].detach()
+    table = vectors.clone()
+    table[torch.searchsorted(unique, HISTORY_ONLY)] = history_only
+    cand_vec = vectors[inverse[: cand.numel()]].view(*cand.shape, -1)
+    hist_vec = table[inverse[cand.numel() :]].view(*hist.shape, -1)
+    user = model.user_vector(hist_vec, BATCH["history_mask"])
+    return model.score(user, cand_vec)
+
+
+def _loss_grads(model, logits) -> dict[str, torch.Tensor]:
+    torch.nn.functional.cross_entropy(logits, BATCH["target"]).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def test_history_cache_of_age_one_detaches_history_only_titles(setup):
+    """Vectors recomputed every step: the same scores; the gradient is that of the scores with
+    history-only vectors detached (the news encoder learns from candidates only)."""
+    data, model, cache = setup
+    use_cache = cache if model.news_encoder.caches_lower_layers else None
+    model.zero_grad(set_to_none=True)
+    history = HistoryVectorCache(len(data.table), max_age=1)
+    logits = ClickScorer(model, False, history)(BATCH, data.table, use_cache)
+    got = _loss_grads(model, logits)
+    reference = _logits_from(model, data, use_cache, None)
+    want = _loss_grads(model, reference)
+    torch.testing.assert_close(logits.detach(), reference.detach(), rtol=0, atol=1e-6)
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7)
+    _, without = _grads(model, data, use_cache, False)
+    head = [n for n in without if n.startswith("news_encoder.") and "plm" not in n]
+    assert head and any(not torch.allclose(got[n], without[n]) for n in head), (
+        "the news head still learns from history-only titles"
+    )
+    assert history.computed == len(HISTORY_ONLY)
+
+
+def test_history_cache_serves_vectors_until_they_are_max_age_steps_old(setup):
+    data, model, cache = setup
+    use_cache = cache if model.news_encoder.caches_lower_layers else None
+    history = HistoryVectorCache(len(data.table), max_age=2)
+    scorer = ClickScorer(model, False, history)
+    with torch.no_grad():
+        old = _vectors(model, data, use_cache, HISTORY_ONLY)
+    scorer(BATCH, data.table, use_cache)
+    assert history.computed == len(HISTORY_ONLY)
+    original = model.news_encoder.proj.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight = model.news_encoder.proj.weight  # an optimizer step on the news head
+            weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(5)))
+        history.advance()  # step 1: the step-0 vectors are 1 step old, still served
+        stale = scorer(BATCH, data.table, use_cache)
+        assert history.computed == len(HISTORY_ONLY)
+        torch.testing.assert_close(
+            stale, _logits_from(model, data, use_cache, old), atol=1e-6, rtol=0
+        )
+        fresh = _logits_from(model, data, use_cache, None)
+        assert not torch.allclose(stale, fresh, atol=1e-4), "the update did not change the scores"
+        history.advance()  # step 2: 2 steps old, computed again
+        again = scorer(BATCH, data.table, use_cache)
+        assert history.computed == 2 * len(HISTORY_ONLY)
+        torch.testing.assert_close(again, fresh, atol=1e-6, rtol=0)
+        history.clear()  # a new epoch: nothing is reused
+        scorer(BATCH, data.table, use_cache)
+        assert history.computed == 3 * len(HISTORY_ONLY)
+        with torch.no_grad():  # outside training the cache is not used
+            plain = batch_logits(model, BATCH, data.table, use_cache, False)
+            cached = scorer(BATCH, data.table, use_cache)
+        assert torch.equal(plain, cached) and history.computed == 3 * len(HISTORY_ONLY)
+    finally:
+        with torch.no_grad():
+            model.news_encoder.proj.weight.copy_(original)
+        model.zero_grad(set_to_none=True)
+
+
+def test_history_cache_is_refused_with_history_gradient(setup):
+    data, model, cache = setup
+    use_cache = cache if model.news_encoder.caches_lower_layers else None
+    with pytest.raises(ValueError, match="history_plm_grad"):
+        batch_logits(model, BATCH, data.table, use_cache, True, HistoryVectorCache(20, 2))
+    with pytest.raises(ValueError, match="max_age"):
+        HistoryVectorCache(20, 0)

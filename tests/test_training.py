@@ -22,6 +22,8 @@ from attribution_analysis.config import (
 )
 from attribution_analysis.data.loading import load_mind_data
 from attribution_analysis.data.mind import read_behaviors, read_news
+from attribution_analysis.models import training as training_module
+from attribution_analysis.models.history_cache import HistoryVectorCache
 from attribution_analysis.models.inference import score_impressions
 from attribution_analysis.models.serialization import build_nrms, load_model, load_recommender
 from attribution_analysis.models.training import evaluate_split, train_recommender
@@ -177,8 +179,10 @@ def test_load_model_refuses_other_tiny_architecture(learned) -> None:
         load_model(result.best_dir, tiny_config(tiny_num_layers=3, tiny_hidden_size=64))
 
 
-def _resume_matches(corpus, cache_dir, data, tmp_path: Path, model) -> None:
-    make = lambda epochs: make_config(corpus, cache_dir, model=model, epochs=epochs)  # noqa: E731
+def _resume_matches(corpus, cache_dir, data, tmp_path: Path, model, **train) -> None:
+    def make(epochs: int) -> RecommenderConfig:
+        return make_config(corpus, cache_dir, model=model, epochs=epochs, **train)
+
     straight = train_recommender(make(2), data, tmp_path / "straight", quiet=True)
     first = train_recommender(make(1), data, tmp_path / "resumed", quiet=True)
     assert len(first.history) == 1
@@ -200,6 +204,50 @@ def test_resume_equals_uninterrupted_training_without_dropout(
 
 def test_resume_equals_uninterrupted_training(corpus, cache_dir, data, tmp_path) -> None:
     _resume_matches(corpus, cache_dir, data, tmp_path, tiny_config())
+
+
+def test_resume_equals_uninterrupted_training_with_history_cache(
+    corpus, cache_dir, data, tmp_path
+) -> None:
+    """The history cache is cleared at every epoch, so a resumed epoch starts as the
+    uninterrupted one did (5 steps an epoch, vectors reused for up to 3)."""
+    _resume_matches(corpus, cache_dir, data, tmp_path, tiny_config(), history_cache_steps=3)
+
+
+def test_training_reuses_history_vectors(corpus, cache_dir, data, tmp_path, monkeypatch) -> None:
+    """Training with ``history_cache_steps`` serves history-only titles from the cache: fewer
+    vectors computed than requested, and cleared at each epoch."""
+    made: list[HistoryVectorCache] = []
+
+    class Recording(HistoryVectorCache):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.requested, self.clears = 0, 0
+            made.append(self)
+
+        def get(self, rows, encode):
+            self.requested += len(rows)
+            return super().get(rows, encode)
+
+        def clear(self) -> None:
+            self.clears += 1
+            super().clear()
+
+    monkeypatch.setattr(training_module, "HistoryVectorCache", Recording)
+    config = make_config(corpus, cache_dir, epochs=2, max_steps_per_epoch=5, history_cache_steps=4)
+    result = train_recommender(config, data, tmp_path, quiet=True)
+    assert len(result.history) == 2 and len(made) == 1
+    cache = made[0]
+    assert cache.step == 10 and cache.clears == 2
+    assert 0 < cache.computed < cache.requested, (cache.computed, cache.requested)
+
+
+def test_history_cache_needs_history_without_language_model_gradient() -> None:
+    with pytest.raises(ConfigError, match="history_plm_grad"):
+        TrainConfig(history_plm_grad=True, history_cache_steps=5)
+    with pytest.raises(ConfigError, match="history_cache_steps"):
+        TrainConfig(history_cache_steps=-1)
+    assert TrainConfig(history_cache_steps=5).history_cache_steps == 5
 
 
 def test_resume_prints_and_skips_finished_epochs(corpus, cache_dir, data, tmp_path, capsys):

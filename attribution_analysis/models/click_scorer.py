@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from attribution_analysis.data.tokenization import TokenTable
+from attribution_analysis.models.history_cache import HistoryVectorCache
 from attribution_analysis.models.nrms import NRMS
 
 
@@ -17,6 +18,7 @@ def batch_logits(
     table: TokenTable,
     lower_cache: torch.Tensor | None,
     history_plm_grad: bool = True,
+    history_cache: HistoryVectorCache | None = None,
 ) -> torch.Tensor:
     """Scores ``[batch, 1 + K]``; each distinct news item of the batch is encoded once.
 
@@ -27,9 +29,16 @@ def batch_logits(
     without gradient (its layers learn from the candidates; the news encoder's head, the user
     encoder and everything above still learn from every title); in training this saves most of
     the backward pass, since histories hold about 6 of every 7 titles of a batch.
+    ``history_cache`` (only while gradients are enabled; needs ``history_plm_grad=False``):
+    those titles' news vectors come from the cache, without gradient, and are recomputed only
+    when older than its ``max_age`` steps (:mod:`.history_cache`).
     """
     device = next(model.parameters()).device
     cand, hist = batch["candidates"], batch["history"]
+    if history_cache is not None and torch.is_grad_enabled():
+        if history_plm_grad:
+            raise ValueError("a history cache needs history_plm_grad=False")
+        return _logits_with_cache(model, batch, table, lower_cache, history_cache)
     rows = torch.cat([cand.flatten().cpu(), hist.flatten().cpu()])
     unique, inverse = torch.unique(rows, return_inverse=True)
     with_grad = None
@@ -40,6 +49,40 @@ def batch_logits(
     cand_vec = vectors[inverse[: cand.numel()]].view(*cand.shape, -1)
     hist_vec = vectors[inverse[cand.numel() :]].view(*hist.shape, -1)
     user = model.user_vector(hist_vec, batch["history_mask"].to(device))
+    return model.score(user, cand_vec)
+
+
+def _logits_with_cache(
+    model: NRMS,
+    batch: dict[str, torch.Tensor],
+    table: TokenTable,
+    lower_cache: torch.Tensor | None,
+    cache: HistoryVectorCache,
+) -> torch.Tensor:
+    """:func:`batch_logits` with history-only titles' vectors from ``cache``: candidates are
+    encoded with gradient, every other history title comes from the cache."""
+    device = next(model.parameters()).device
+    cand, hist = batch["candidates"].cpu(), batch["history"].cpu()
+    cand_rows, cand_inverse = torch.unique(cand.flatten(), return_inverse=True)
+    cand_vectors = _encode_rows(model, cand_rows, table, lower_cache, None)  # [rows, dim]
+    flat = hist.flatten()
+    live = torch.isin(flat, cand_rows)  # history titles that are also candidates
+    old_rows = torch.unique(flat[~live])
+    if len(old_rows):
+        old_vectors = cache.get(
+            old_rows, lambda rows: _encode_rows(model, rows, table, lower_cache, None)
+        ).to(device=device, dtype=cand_vectors.dtype)
+    else:
+        old_vectors = cand_vectors.new_zeros(0, cand_vectors.shape[-1])
+    # each history slot indexes [candidate vectors; cached vectors]
+    index = torch.where(
+        live,
+        torch.searchsorted(cand_rows, flat),
+        len(cand_rows) + torch.searchsorted(old_rows, flat),
+    )
+    hist_vec = torch.cat([cand_vectors, old_vectors])[index.to(device)]
+    cand_vec = cand_vectors[cand_inverse.to(device)].view(*cand.shape, -1)
+    user = model.user_vector(hist_vec.view(*hist.shape, -1), batch["history_mask"].to(device))
     return model.score(user, cand_vec)
 
 
@@ -87,10 +130,16 @@ def _encode_rows(
 class ClickScorer(nn.Module):
     """``forward(batch, table, lower_cache)`` -> scores ``[batch, 1 + K]`` of an NRMS."""
 
-    def __init__(self, model: NRMS, history_plm_grad: bool = True) -> None:
+    def __init__(
+        self,
+        model: NRMS,
+        history_plm_grad: bool = True,
+        history_cache: HistoryVectorCache | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.history_plm_grad = history_plm_grad
+        self.history_cache = history_cache
 
     def forward(
         self,
@@ -98,4 +147,6 @@ class ClickScorer(nn.Module):
         table: TokenTable,
         lower_cache: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return batch_logits(self.model, batch, table, lower_cache, self.history_plm_grad)
+        return batch_logits(
+            self.model, batch, table, lower_cache, self.history_plm_grad, self.history_cache
+        )

@@ -24,6 +24,7 @@ from attribution_analysis.data.datasets import ClickSamples, collate_clicks
 from attribution_analysis.data.loading import MindData, ensure_synthetic, load_mind_data
 from attribution_analysis.data.mind import DataError
 from attribution_analysis.models.click_scorer import ClickScorer, batch_logits
+from attribution_analysis.models.history_cache import HistoryVectorCache
 from attribution_analysis.models.inference import score_impressions
 from attribution_analysis.models.lower_cache import build_lower_cache
 from attribution_analysis.models.nrms import NRMS
@@ -163,7 +164,14 @@ def train_recommender(
     model = build_nrms(config.model, len(tokenizer)).to(accelerator.device)
     optimizer = _optimizer(model, config)
     scheduler = _warmup(optimizer, tc.warmup_steps)
-    scorer, optimizer = accelerator.prepare(ClickScorer(model, tc.history_plm_grad), optimizer)
+    cache = (
+        HistoryVectorCache(len(data.table), tc.history_cache_steps)
+        if tc.history_cache_steps
+        else None
+    )
+    scorer, optimizer = accelerator.prepare(
+        ClickScorer(model, tc.history_plm_grad, cache), optimizer
+    )
 
     start_epoch, best, history = 0, {"auc": -math.inf}, []
     found = _latest_checkpoint(ckpt_dir, main)
@@ -194,8 +202,10 @@ def train_recommender(
                 generator=torch.Generator().manual_seed(tc.seed * 1000 + epoch),
             )
         )
+        if cache is not None:
+            cache.clear()  # an epoch never reuses the previous one's vectors: exact resumes
         losses = _train_epoch(scorer, loader, data, lower_cache, optimizer, scheduler, accelerator,
-                              config, epoch, quiet)  # fmt: skip
+                              config, epoch, quiet, cache)  # fmt: skip
         metrics, _ = evaluate_split(
             model, data, "dev", config, tc.max_dev_impressions, accelerator, quiet
         )
@@ -237,8 +247,9 @@ def train_recommender(
 
 
 def _train_epoch(
-    scorer, loader, data, lower_cache, optimizer, scheduler, accelerator, config, epoch, quiet
-) -> list[float]:
+    scorer, loader, data, lower_cache, optimizer, scheduler, accelerator, config, epoch, quiet,
+    cache: HistoryVectorCache | None = None,
+) -> list[float]:  # fmt: skip
     """One epoch (at most ``max_steps_per_epoch`` steps) through the wrapped ``scorer``; the
     losses, averaged over the processes."""
     tc = config.train
@@ -259,6 +270,8 @@ def _train_epoch(
         accelerator.clip_grad_norm_(scorer.parameters(), tc.grad_clip)
         optimizer.step()
         scheduler.step()
+        if cache is not None:
+            cache.advance()
         losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
         bar.update(1)
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
