@@ -391,7 +391,8 @@ def test_the_delivered_mask_hinge_has_a_gradient_and_enters_the_lagrangian(setup
     (deterministic) mask's divergence with gradient to the probe and the baseline; the
     Lagrangian adds ``lambda * mean(max(D' - m, 0))`` to the sampled masks' hinge (checked
     against the closed form); without it the step has no such divergence."""
-    dm = _diffmask(setup, lambda_init=3.0, probe_init_bias=0.0)  # gates not clamped at 1
+    # gates not clamped at 1; a small margin puts examples beyond it, where the hinge has slope
+    dm = _diffmask(setup, lambda_init=3.0, probe_init_bias=0.0, constraint_margin=1e-6)
     assert dm.settings["delivered_constraint"] is True
     batch = next(iter(_loader(setup, 8)))
     ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -401,7 +402,9 @@ def test_the_delivered_mask_hinge_has_a_gradient_and_enters_the_lagrangian(setup
     dd = step.delivered_divergence
     assert dd is not None and dd.shape == (len(ids),) and dd.requires_grad
     assert torch.equal(step.delivered_within_margin, dd.detach() <= dm.margin)
-    grads = torch.autograd.grad(dd.sum(), [*dm.probe.parameters(), dm.baseline], allow_unused=True)
+    assert (dd.detach() > dm.margin).any()
+    hinge_d = (dd - dm.margin).clamp(min=0).sum()
+    grads = torch.autograd.grad(hinge_d, [*dm.probe.parameters(), dm.baseline], allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in grads[:-1])  # the probe
     assert grads[-1] is not None and grads[-1].abs().sum() > 0  # the baseline
     hinge = (step.divergence - dm.margin).clamp(min=0) + (dd - dm.margin).clamp(min=0)
@@ -416,6 +419,72 @@ def test_the_delivered_mask_hinge_has_a_gradient_and_enters_the_lagrangian(setup
     off.train()
     step = off.step(ids, mask, ctx, torch.Generator().manual_seed(0))
     assert step.delivered_divergence is None and step.delivered_within_margin is not None
+
+
+def _hinge_step(dm, batch, monkeypatch, full: bool):
+    """A training step of ``dm`` on ``batch`` (fixed gate noise), its Lagrangian's gradient
+    for the probe and the baseline, and the batch sizes of the masked passes with gradient;
+    ``full``: every masked pass over the whole batch with gradient (the reference)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    ctx = {"history_emb": batch["history_emb"], "history_mask": batch["history_mask"]}
+    sizes: list[int] = []
+    forward = type(dm)._masked_forward
+
+    def spy(self, words, attention_mask, context, gates):
+        if gates.requires_grad:
+            sizes.append(len(words))
+        return forward(self, words, attention_mask, context, gates)
+
+    monkeypatch.setattr(type(dm), "_masked_forward", spy)
+    if full:
+        monkeypatch.setattr(dm, "_hinge_only_gradient", lambda: False)
+    torch.manual_seed(0)
+    step = dm.step(ids, mask, ctx, torch.Generator().manual_seed(0))
+    params = [*dm.probe.parameters(), dm.baseline]
+    grads = torch.autograd.grad(dm.lagrangian(step), params)
+    monkeypatch.undo()
+    return step, grads, sizes
+
+
+@pytest.mark.parametrize("delivered_gradient", ["exact", "straight_through"])
+def test_masked_passes_with_gradient_only_for_examples_at_the_margin(
+    setup, monkeypatch, delivered_gradient
+):
+    """The per-example hinge max(D - m, 0) is flat within the margin: a training step runs the
+    masked passes with gradient only for the examples at or beyond it, and its gradient for
+    every probe parameter and the baseline equals that of full-batch passes."""
+    dm = _diffmask(setup, probe_init_bias=0.0, delivered_gradient=delivered_gradient)
+    dm.train()
+    batch = next(iter(_loader(setup, 16, batch_size=16)))
+    first = _hinge_step(dm, batch, monkeypatch, full=True)[0]
+    dm.margin = float(first.divergence.detach().median())  # the margin at the median: a mixed batch
+    step, grads, sizes = _hinge_step(dm, batch, monkeypatch, full=False)
+    ref_step, ref_grads, ref_sizes = _hinge_step(dm, batch, monkeypatch, full=True)
+    sampled = int((step.divergence.detach() >= dm.margin).sum())
+    delivered = int((step.delivered_divergence.detach() >= dm.margin).sum())
+    assert 0 < sampled < 16 and 0 < delivered < 16, (sampled, delivered)  # a mixed batch
+    assert sizes == [sampled, delivered] and ref_sizes == [16, 16]
+    torch.testing.assert_close(step.divergence, ref_step.divergence, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        step.delivered_divergence, ref_step.delivered_divergence, rtol=1e-5, atol=1e-7
+    )
+    assert all(g.abs().sum() > 0 for g in ref_grads[-1:])  # the baseline moves
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_a_batch_within_the_margin_keeps_zero_gradients(setup, monkeypatch):
+    """No example at the margin: no masked pass with gradient, yet the probe and the baseline
+    keep a (zero through the constraint) gradient, as the full passes give."""
+    dm = _diffmask(setup, constraint_margin=50.0)
+    dm.train()
+    batch = next(iter(_loader(setup, 8)))
+    _, grads, sizes = _hinge_step(dm, batch, monkeypatch, full=False)
+    _, ref_grads, _ = _hinge_step(dm, batch, monkeypatch, full=True)
+    assert sizes == []
+    assert float(grads[-1].abs().sum()) == 0.0  # the baseline: only the constraint reaches it
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
 
 
 # ------------------------------------------------ a probe that reads the user (probe_context)

@@ -89,6 +89,15 @@ class DiffMaskStep:
     delivered_divergence: torch.Tensor | None = None
 
 
+def _rows(context: Context, rows: torch.Tensor, batch: int) -> Context:
+    """``context`` restricted to the examples ``rows``: every tensor whose first dimension is
+    the batch's is indexed, anything else kept."""
+    return {
+        k: v[rows] if isinstance(v, torch.Tensor) and v.dim() and len(v) == batch else v
+        for k, v in context.items()
+    }
+
+
 class _OpeningOnly(torch.autograd.Function):
     """Identity whose backward keeps the gradient's negative part only: in descent, a push
     that raises the gate logits behind it (opens gates), never one that lowers them."""
@@ -351,9 +360,14 @@ class DIFFMASK(nn.Module):
             original = self.original_pass(input_ids, attention_mask, context)
         hidden = tuple(h.detach() for h in original.hidden_states)
         probe = self._probe(hidden, scorable, context, generator)
-        masked = self._masked_forward(words, attention_mask, context, probe.gates)
         kind = self.divergence_kind
-        div = adapter.divergence(original.output, masked.output, context, kind)
+        if self._hinge_only_gradient():
+            div, masked_output = self._hinged_divergence(
+                words, attention_mask, context, probe.gates, original.output
+            )
+        else:
+            masked_output = self._masked_forward(words, attention_mask, context, probe.gates).output
+            div = adapter.divergence(original.output, masked_output, context, kind)
         n_tokens = scorable.sum(-1).clamp(min=1)
         l0 = (probe.log_prob_nonzero.exp() * scorable).sum(-1) / n_tokens
         delivered = delivered_div = None
@@ -371,9 +385,9 @@ class DIFFMASK(nn.Module):
             l0=l0,
             divergence=div,
             within_margin=div <= self.margin,
-            agreement=adapter.agreement(original.output, masked.output, context, kind),
+            agreement=adapter.agreement(original.output, masked_output, context, kind),
             original=original.output,
-            masked=masked.output,
+            masked=masked_output,
             gates=probe.gates,
             probe=probe,
             scorable=scorable,
@@ -386,8 +400,46 @@ class DIFFMASK(nn.Module):
         of the batch, ``[batch]``, with gradient to the probe (through the deterministic gates,
         alive where they are not clamped at 0 or 1) and to the baseline."""
         gates = self._deterministic_gates(log_alpha, scorable, grad=True)
+        if self._hinge_only_gradient():
+            return self._hinged_divergence(words, attention_mask, context, gates, orig)[0]
         out = self._masked_forward(words, attention_mask, context, gates).output
         return self.adapter.divergence(orig, out, context, self.divergence_kind)
+
+    def _hinge_only_gradient(self) -> bool:
+        """Whether a training step's divergences enter the loss only through the hinge
+        ``max(D_i - m, 0)`` (the ``per_example`` constraint, with gradients enabled)."""
+        return (
+            self.training
+            and self.settings["constraint"] == "per_example"
+            and torch.is_grad_enabled()
+        )
+
+    def _hinged_divergence(
+        self, words, attention_mask, context: Context, gates: torch.Tensor, orig: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example divergence ``[batch]`` of the model under ``gates [batch, tokens]``,
+        with the gradient the hinge ``max(D_i - m, 0)`` needs, and the masked output (without
+        gradient).
+
+        The hinge is flat where ``D_i < m``, so only the examples at or beyond the margin pass
+        a gradient to the probe and the baseline. The batch's masked pass runs without
+        gradient, then again, with gradient, for those examples only (most of a batch lies
+        within the margin once training has settled): the loss's gradient is the full pass's,
+        up to float rounding, for a forward pass without autograd plus a small one with it.
+        Where no example is at the margin the result is still connected to ``gates`` and the
+        baseline (with zero gradient), so every parameter keeps a gradient as before.
+        """
+        kind = self.divergence_kind
+        with torch.no_grad():
+            out = self._masked_forward(words, attention_mask, context, gates.detach()).output
+            div = self.adapter.divergence(orig, out, context, kind)
+        hinged = (div >= self.margin).nonzero().squeeze(-1)  # [examples at/beyond the margin]
+        if len(hinged) == 0:
+            return div + 0.0 * (gates.sum() + self.baseline.sum()), out
+        sub = _rows(context, hinged, len(div))
+        sub_out = self._masked_forward(words[hinged], attention_mask[hinged], sub, gates[hinged])
+        sub_div = self.adapter.divergence(orig[hinged], sub_out.output, sub, kind)
+        return div.index_put((hinged,), sub_div), out
 
     @torch.no_grad()
     def _delivered_within_margin(self, words, attention_mask, context, log_alpha, scorable, orig):
@@ -397,14 +449,9 @@ class DIFFMASK(nn.Module):
         lambda is estimated without bias at a fraction of a forward pass."""
         n = self.settings["delivered_check_examples"] or len(words)
         n = min(n, len(words))
-        batch = len(words)
-
-        def first(x):
-            return x[:n] if isinstance(x, torch.Tensor) and x.dim() and len(x) == batch else x
-
         log_alpha = log_alpha if log_alpha.dim() == 3 else log_alpha[None]
         gates = self._deterministic_gates(log_alpha[:, :n], scorable[:n])
-        ctx = {k: first(v) for k, v in context.items()}
+        ctx = _rows(context, torch.arange(n, device=words.device), len(words))
         out = self._masked_forward(words[:n], attention_mask[:n], ctx, gates).output
         return self.adapter.divergence(orig[:n], out, ctx, self.divergence_kind) <= self.margin
 
