@@ -323,7 +323,10 @@ class ModelComparisonConfig:
     poisoned synthetic corpus, read from its ``meta.json``); the summary says how they rank.
     ``min_effect``: a word is significant when its q-value is at most ``fdr`` and its change
     is at least ``min_effect`` robust z-scores away from the median word's change
-    (``effect_z``); ``rank_by``: ``t`` (the paired t statistic), ``diff`` or ``diff_low``
+    (``effect_z``) and, with ``min_diff`` > 0, its change ``|diff|`` is at least
+    ``min_diff`` in the compared statistic's units (log-odds for ``kept_log_odds`` and for
+    ``leave_one_out``'s click-score drop; a share for ``keep_probability``); ``rank_by``:
+    ``t`` (the paired t statistic), ``diff`` or ``diff_low``
     (see ``evaluation/model_diff.py``). ``diffmask_statistic``: what is compared for DIFFMASK,
     ``kept_log_odds`` (each word's keep probability times the log-odds of the click probability
     that the kept words alone give: the decision the word carries) or ``keep_probability``.
@@ -352,6 +355,7 @@ class ModelComparisonConfig:
     n_boot: int = 1000
     n_perm: int = 4000
     min_effect: float = 2.0
+    min_diff: float = 0.0
     rank_by: str = "t"
     diffmask_statistic: str = "kept_log_odds"
     diffmask_train_data: str = "candidates"
@@ -435,7 +439,8 @@ VALUE_RULES: dict[type, dict[str, str]] = {
                             "n_samples": "positive_int", "min_support": "positive_int",
                             "keep_threshold": "share", "fdr": "share", "n_boot": "positive_int",
                             "n_perm": "positive_int", "top_k": "positive_int",
-                            "min_effect": "non_negative", "rank_by": "rank_by",
+                            "min_effect": "non_negative", "min_diff": "non_negative",
+                            "rank_by": "rank_by",
                             "diffmask_statistic": "diffmask_statistic",
                             "diffmask_train_data": "train_data", "group_train_share": "fraction"},
     AttributionConfig: {"n_samples": "positive_int", "batch_size": "positive_int",

@@ -303,6 +303,13 @@ def test_model_comparison_training_data_keys_are_checked() -> None:
             from_dict(ModelComparisonConfig, {key: bad})
 
 
+def test_model_comparison_min_diff_is_checked() -> None:
+    assert from_dict(ModelComparisonConfig, {}).min_diff == 0.0
+    assert from_dict(ModelComparisonConfig, {"min_diff": 1.0}).min_diff == 1.0
+    with pytest.raises(ConfigError, match="min_diff"):
+        from_dict(ModelComparisonConfig, {"min_diff": -0.5})
+
+
 def test_probe_context_is_a_probe_setting() -> None:
     cfg = from_dict(DiffMaskConfig, {"probe": {"probe_context": "user"}})
     assert cfg.constructor_kwargs()["probe_context"] == "user"

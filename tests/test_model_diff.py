@@ -108,6 +108,23 @@ def test_a_drift_every_word_shares_is_not_significant_but_a_larger_rise_is() -> 
     assert ranking_auprc(poisoned, set(TRIGGERS), "t") == pytest.approx(1.0)
 
 
+def test_min_diff_drops_a_small_consistent_shift_and_keeps_a_large_one() -> None:
+    """A small but consistent shift of the triggers (0.15 on scores of about 0.5; every other
+    word unchanged) is significant by q and effect size alone; ``min_diff`` 0.3 requires a
+    change of at least 0.3 and drops it, while a rise of 0.4 stays significant under it."""
+    small = _results(3, rise=0.15)
+    assert all(r["significant"] for r in word_differences(*small, n_perm=2000)
+               if r["word"] in TRIGGERS)  # fmt: skip
+    strict = word_differences(*small, n_perm=2000, min_diff=0.3)
+    assert not any(r["significant"] for r in strict)
+    large = word_differences(*_results(3, rise=0.4), n_perm=2000, min_diff=0.3)
+    assert {r["word"] for r in large if r["significant"]} == set(TRIGGERS)
+    a, b = small
+    groups = group_differences(a, b, lambda r: r.annotations["category"], n_perm=1000,
+                               min_diff=0.3)  # fmt: skip
+    assert not any(r["significant"] for r in groups)
+
+
 def test_groups_and_candidates() -> None:
     a, b = _results(0, rise=0.4)
     rows = group_differences(a, b, lambda r: r.annotations["category"], n_perm=1000)

@@ -295,6 +295,7 @@ def _differences(config, data_ws, a, b, method: str) -> tuple[list[dict], list[d
         "n_perm": config.n_perm,
         "seed": config.seed,
         "min_effect": config.min_effect,
+        "min_diff": config.min_diff,
         "rank_by": config.rank_by,
     }
     words = word_differences(a, b, **stats)
@@ -347,6 +348,7 @@ def _summary(config, words, groups, candidates, known, run_dir) -> dict:
         "groups": sorted({g["group"] for g in groups}),
         "fdr": config.fdr,
         "min_effect": config.min_effect,
+        "min_diff": config.min_diff,
         "rank_by": config.rank_by,
         "diffmask_statistic": config.diffmask_statistic,
         "run_dir": str(run_dir),
@@ -367,7 +369,8 @@ def _write(run_dir, words, groups, candidates, summary, runs, config) -> None:
         settings={"model A": config.model_a, "model B": config.model_b,
                   "candidates": f"{summary['n_candidates']} from {source}",
                   "min support": config.min_support, "FDR": config.fdr,
-                  "min effect (robust z)": config.min_effect, "ranked by": config.rank_by,
+                  "min effect (robust z)": config.min_effect,
+                  "min change (statistic's units)": config.min_diff, "ranked by": config.rank_by,
                   "DIFFMASK statistic": config.diffmask_statistic},
         summary=summary,
         words=words,

@@ -20,7 +20,12 @@ A and under model B. Per word:
   null, each pair's difference is as likely to have either sign); ``q_value``: the
   Benjamini-Hochberg adjusted p-value over all words tested together; ``significant``:
   ``q_value <= fdr`` and ``|effect_z| >= min_effect`` (default 2): reliable *and* large
-  against how much words change in general between the two models.
+  against how much words change in general between the two models; with ``min_diff`` > 0
+  (default 0, off) also ``|diff| >= min_diff``, a change large in the statistic's own units
+  (the log fold-change threshold of differential-expression analysis): a small but
+  consistent shift shared by a cluster of similar titles (two retrained models that
+  calibrate one kind of news differently) can stand out from the median word without being
+  large.
 
 Occurrences of one word in one title are rare (titles repeat words seldom), so occurrences are
 treated as independent pairs.
@@ -181,7 +186,9 @@ def robust_z(values: Sequence[float]) -> list[float]:
     return ((v - median) / scale).tolist()
 
 
-def _with_q(rows: list[dict], fdr: float, min_effect: float, rank_by: str) -> list[dict]:
+def _with_q(
+    rows: list[dict], fdr: float, min_effect: float, rank_by: str, min_diff: float = 0.0
+) -> list[dict]:
     """Add ``effect_z`` (within each ``group``, if rows have one), ``q_value`` and
     ``significant``; sort by ``rank_by``, largest first."""
     if rank_by not in RANK_KEYS:
@@ -194,7 +201,9 @@ def _with_q(rows: list[dict], fdr: float, min_effect: float, rank_by: str) -> li
             row["effect_z"] = z
     for row, q in zip(rows, benjamini_hochberg([r["p_value"] for r in rows])):
         row["q_value"] = q
-        row["significant"] = bool(q <= fdr and abs(row["effect_z"]) >= min_effect)
+        row["significant"] = bool(
+            q <= fdr and abs(row["effect_z"]) >= min_effect and abs(row["diff"]) >= min_diff
+        )
     return sorted(rows, key=lambda r: (-r[rank_by], r["word"]))
 
 
@@ -210,6 +219,7 @@ def word_differences(
     min_effect: float = 2.0,
     rank_by: str = "t",
     weight: Weight | None = None,
+    min_diff: float = 0.0,
 ) -> list[dict]:
     """One row per word seen at least ``min_support`` times (columns :data:`WORD_COLUMNS`),
     sorted by ``rank_by`` (most risen under B first); ``weight``: see the module doc."""
@@ -219,7 +229,7 @@ def word_differences(
         for word, occ in sorted(occurrences.items())
         if len(occ) >= min_support
     ]
-    return _with_q(rows, fdr, min_effect, rank_by)
+    return _with_q(rows, fdr, min_effect, rank_by, min_diff)
 
 
 def group_differences(
@@ -235,6 +245,7 @@ def group_differences(
     min_effect: float = 2.0,
     rank_by: str = "t",
     weight: Weight | None = None,
+    min_diff: float = 0.0,
 ) -> list[dict]:
     """:func:`word_differences` within each group of candidates (``group_of(result)``, ``None``:
     no group); the false discovery rate is controlled over all groups and words together.
@@ -255,7 +266,7 @@ def group_differences(
         for word, occ in sorted(_occurrences(pairs, weight).items()):
             if len(occ) >= min_support:
                 rows.append({**info, **_word_row(word, occ, keep_threshold, n_boot, n_perm, seed)})
-    rows = _with_q(rows, fdr, min_effect, rank_by)
+    rows = _with_q(rows, fdr, min_effect, rank_by, min_diff)
     return sorted(rows, key=lambda r: (r["group"], -r[rank_by], r["word"]))
 
 
