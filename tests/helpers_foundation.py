@@ -6,6 +6,8 @@ Plain functions, not fixtures: each test module wraps what it needs in its own f
 from __future__ import annotations
 
 import functools
+import importlib.util
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -126,3 +128,24 @@ def tiny_nrms(seed: int = 0):
     tok = tiny_tokenizer()
     torch.manual_seed(seed)
     return tok, build_nrms(tiny_config(), len(tok)).eval()
+
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_CONFIGS = ("configs/attribution/tiny_test.yaml", "configs/recommender/tiny_test.yaml")
+"""The seconds-long attribution and recommender configs, relative to the repository root."""
+
+
+def copy_tiny_configs(root: Path) -> Path:
+    """Copy :data:`TINY_CONFIGS` into ``root`` (same relative paths), for a run from there."""
+    for rel in TINY_CONFIGS:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / rel, root / rel)
+    return root
+
+
+def load_benchmark(name: str):
+    """The module ``benchmarks/<name>.py`` (benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

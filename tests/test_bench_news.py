@@ -4,35 +4,26 @@ method evaluation it splits by predicted decision."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from attribution_analysis.evaluation.compare import MethodEvaluation, subset_evaluation
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers_foundation import copy_tiny_configs, load_benchmark
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_news", REPO / "benchmarks/bench_news.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_news")
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """The smoke run with seed 0 twice, in a folder holding copies of the tiny configs."""
     root = tmp_path_factory.mktemp("bench_news")
-    for rel in ("configs/attribution/tiny_test.yaml", "configs/recommender/tiny_test.yaml"):
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / rel, root / rel)
+    copy_tiny_configs(root)
     bench = _load_bench()
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
@@ -137,14 +128,8 @@ def test_targets_without_ig_are_not_applicable_instead_of_a_crash():
 def test_diffmask_size_benchmark_runs_on_the_tiny_model(tmp_path, monkeypatch):
     """``benchmarks/bench_diffmask_size.py`` end to end on the tiny configs: one JSON row per
     size and seed, with the stop reason and finite held-out numbers."""
-    for rel in ("configs/attribution/tiny_test.yaml", "configs/recommender/tiny_test.yaml"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / rel, tmp_path / rel)
-    spec = importlib.util.spec_from_file_location(
-        "bench_diffmask_size", REPO / "benchmarks/bench_diffmask_size.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    copy_tiny_configs(tmp_path)
+    module = load_benchmark("bench_diffmask_size")
     monkeypatch.chdir(tmp_path)
     argv = ["--config", "configs/attribution/tiny_test.yaml", "--sizes", "16,24",
             "--seeds", "0", "--n_samples", "8", "--n_epochs", "1", "--out", "size"]  # fmt: skip

@@ -4,26 +4,17 @@ for the whole batch) agreeing epoch by epoch."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers_foundation import copy_tiny_configs, load_benchmark
 
 
 def test_bench_training_steps_on_tiny_configs(tmp_path):
-    for rel in ("configs/attribution/tiny_test.yaml", "configs/recommender/tiny_test.yaml"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / rel, tmp_path / rel)
-    spec = importlib.util.spec_from_file_location(
-        "bench_training_steps", REPO / "benchmarks/bench_training_steps.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    copy_tiny_configs(tmp_path)
+    bench = load_benchmark("bench_training_steps")
     mp = pytest.MonkeyPatch()
     mp.chdir(tmp_path)
     threads = torch.get_num_threads()
