@@ -35,7 +35,6 @@ from attribution_analysis.app.workspace import open_workspace, split_examples
 from attribution_analysis.config import AttributionConfig, RecommenderConfig, load_config
 from attribution_analysis.data.datasets import ClickSamples, collate_clicks
 from attribution_analysis.data.loading import ensure_synthetic, load_mind_data
-from attribution_analysis.methods.diffmask import DIFFMASK
 from attribution_analysis.models.click_scorer import ClickScorer
 from attribution_analysis.models.history_cache import HistoryVectorCache
 from attribution_analysis.models.lower_cache import build_lower_cache
@@ -53,19 +52,16 @@ def diffmask_part(config_path: str, epochs: int) -> list[str]:
     train_ex, val_ex, _ = split_examples(ws)
     runs = {}
     for name, hinge_only in (("hinge-only (default)", True), ("full batch", False)):
-        original = DIFFMASK._hinge_only_gradient
-        if not hinge_only:
-            DIFFMASK._hinge_only_gradient = lambda self: False
-        try:
-            with tempfile.TemporaryDirectory() as out:
-                t0 = time.perf_counter()
-                dm = train_on_examples(ws, Path(out), train_ex, val_ex, quiet=True)
-                seconds = time.perf_counter() - t0
-                history = (Path(out) / "training_history.csv").read_text()
-        finally:
-            DIFFMASK._hinge_only_gradient = original
-        runs[name] = (seconds / epochs, _rows(history), dm)
-    (fast, fast_rows, _), (full, full_rows, _) = runs.values()
+        diffmask = ws.build_diffmask()
+        if not hinge_only:  # every masked pass over the whole batch with gradient
+            diffmask._hinge_only_gradient = lambda: False
+        with tempfile.TemporaryDirectory() as out:
+            t0 = time.perf_counter()
+            train_on_examples(ws, Path(out), train_ex, val_ex, quiet=True, diffmask=diffmask)
+            seconds = time.perf_counter() - t0
+            history = (Path(out) / "training_history.csv").read_text()
+        runs[name] = (seconds / epochs, _rows(history))
+    (fast, fast_rows), (full, full_rows) = runs.values()
     assert len(fast_rows) == len(full_rows) == epochs
     diff = max(
         abs(a[k] - b[k]) for a, b in zip(fast_rows, full_rows) for k in SUMMARY_KEYS if k in a

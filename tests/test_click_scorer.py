@@ -47,27 +47,8 @@ def _reference_plm_grads(model, data, cache):
     """Every title encoded with gradient; history-only rows detached where histories use them:
     the language model's gradient then flows through candidate titles only."""
     model.zero_grad(set_to_none=True)
-    cand, hist = BATCH["candidates"], BATCH["history"]
-    rows = torch.cat([cand.flatten(), hist.flatten()])
-    unique, inverse = torch.unique(rows, return_inverse=True)
-    ids, mask = data.table.rows(unique)
-    enc = model.news_encoder
-    if cache is not None:
-        vectors = enc.forward_from_lower(cache[unique][:, : ids.shape[1]], mask)
-    else:
-        vectors = enc(ids, mask).vectors
-    cand_vec = vectors[inverse[: cand.numel()]].view(*cand.shape, -1)
-    hist_rows = inverse[cand.numel() :]
-    shared = torch.isin(hist.flatten(), cand.flatten())
-    hist_vec = torch.where(shared[:, None], vectors[hist_rows], vectors[hist_rows].detach())
-    user = model.user_vector(hist_vec.view(*hist.shape, -1), BATCH["history_mask"])
-    logits = model.score(user, cand_vec)
-    torch.nn.functional.cross_entropy(logits, BATCH["target"]).backward()
-    return {
-        n: p.grad.clone()
-        for n, p in model.named_parameters()
-        if n.startswith("news_encoder.plm") and p.grad is not None
-    }
+    grads = _loss_grads(model, _logits_from(model, data, cache, None))
+    return {n: g for n, g in grads.items() if n.startswith("news_encoder.plm")}
 
 
 def test_history_without_plm_gradient_keeps_scores_and_head_gradients(setup):
