@@ -17,6 +17,7 @@ import sys
 from attribution_analysis.app.cli import positive_int, run_cli
 from attribution_analysis.app.model_comparison import run_model_comparison
 from attribution_analysis.config import ModelComparisonConfig, load_config
+from attribution_analysis.methods.registry import parse_method_list
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="configs/compare/poison.yaml", help="comparison YAML")
     p.add_argument(
         "--n_samples", type=positive_int, help="override n_samples (candidates explained)"
+    )
+    p.add_argument(
+        "--methods",
+        help="override methods, comma-separated (diffmask always; e.g. diffmask,leave_one_out); "
+        "with --run_dir, adds methods to a finished run without retraining its DIFFMASKs",
     )
     p.add_argument("--output_dir", help="override output_dir")
     p.add_argument("--run_dir", help="resume this run folder")
@@ -49,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("n_samples", "output_dir", "seed"):
             if getattr(args, key) is not None:
                 setattr(config, key, getattr(args, key))
+        if args.methods is not None:
+            config.methods = parse_method_list(args.methods)
         result = run_model_comparison(config, args.run_dir, args.quiet, args.reuse_explanations)
         s = result.summary
         print(f"[result] {s['n_candidates']} candidates; {s['n_significant_rising']} words rose "

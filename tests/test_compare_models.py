@@ -241,3 +241,28 @@ def test_reusing_explanations_recomputes_the_statistics_only(run, tmp_path, caps
     assert main(["--config", str(other), "--quiet", "--reuse_explanations"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "needs the run folder that holds them (--run_dir)" in err
+
+
+def test_methods_flag_adds_a_method_to_a_finished_run(run, tmp_path, capsys) -> None:
+    """``--methods diffmask`` runs DIFFMASK alone; ``--run_dir`` with ``--methods
+    diffmask,leave_one_out`` then adds leave-one-out without retraining either DIFFMASK."""
+    root, _ = run
+    argv = ["--config", "compare.yaml", "--quiet", "--output_dir", str(tmp_path)]
+    assert _main_in(root, [*argv, "--methods", "diffmask"]) == 0
+    (folder,) = tmp_path.glob("run_*")
+    assert not list(folder.rglob("*leave_one_out*"))
+    checkpoints = {p: p.stat().st_mtime_ns for p in folder.rglob("checkpoints/*.pt")}
+    before = (folder / "model_b/attributions.jsonl").read_text().splitlines()
+    assert _main_in(root, [*argv, "--run_dir", str(folder),
+                           "--methods", "diffmask, leave_one_out"]) == 0  # fmt: skip
+    assert (folder / "words_diff_leave_one_out.csv").is_file()
+    assert (folder / "model_a/attributions_leave_one_out.jsonl").is_file()
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("checkpoints/*.pt")} == checkpoints
+    after = (folder / "model_b/attributions.jsonl").read_text().splitlines()
+    assert [json.loads(x)["token_scores"] for x in after] == [
+        json.loads(x)["token_scores"] for x in before
+    ]
+    capsys.readouterr()
+    assert _main_in(root, [*argv, "--methods", "diffmask,nonsense"]) == 2
+    err = capsys.readouterr().err
+    assert "nonsense" in err and "leave_one_out" in err
