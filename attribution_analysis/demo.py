@@ -14,6 +14,9 @@ import time
 from attribution_analysis.app.cli import run_cli
 from attribution_analysis.config import AttributionConfig, load_config
 
+DEMO_IG_STEPS = 20
+"""Integration steps of the demo's Integrated Gradients (the config's ``ig_steps`` if fewer)."""
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="demo", description=__doc__)
@@ -33,6 +36,15 @@ def main(argv: list[str] | None = None) -> int:
                 "randomised model (sanity_retrain) doubles DIFFMASK's cost and is left to "
                 "compare_methods"
             )
+        if config.ig_steps > DEMO_IG_STEPS:
+            print(
+                f"[demo] Integrated Gradients with {DEMO_IG_STEPS} integration steps instead of "
+                f"the config's {config.ig_steps}: on the demo's 100 candidates its token scores "
+                "have a mean Spearman correlation of 0.999 with 50 steps' and the same top "
+                "token, median completeness error 0.3% (the README gives the command); "
+                "analyze_diffmask and the benchmarks use the config's"
+            )
+            config.ig_steps = DEMO_IG_STEPS
         result = run_analysis(config, quiet=args.quiet)
         minutes = (time.perf_counter() - t0) / 60
         print(f"[demo] finished in {minutes:.1f} min. Report: {result.run_dir / 'report.html'}")

@@ -11,6 +11,7 @@ import torch
 from attribution_analysis.evaluation.faithfulness import (
     attribution_order,
     comprehensiveness_sufficiency,
+    comprehensiveness_sufficiency_from_curves,
     deletion_insertion_curves,
     leave_one_out_effects,
     leave_one_out_kendall,
@@ -83,6 +84,48 @@ def test_comprehensiveness_without_scorable_tokens_is_nan():
         LinearModel(WEIGHTS[:3], scorable), WEIGHTS[:3], scorable
     )
     assert math.isnan(result["comprehensiveness_aopc"]) and math.isnan(result["sufficiency_aopc"])
+
+
+class InteractingModel:
+    """p = sigmoid(w . keep + v * keep_a * keep_b): not additive, so a variant read off the wrong
+    curve point gives another number."""
+
+    def __init__(self, n: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.w = torch.randn(n, generator=g, dtype=torch.float64)
+        self.a, self.b = torch.randperm(n, generator=g)[:2].tolist()
+
+    def __call__(self, keep: torch.Tensor) -> torch.Tensor:
+        k = keep.double()
+        return torch.sigmoid(k @ self.w + 3.0 * k[:, self.a] * k[:, self.b])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_comprehensiveness_sufficiency_from_curves_equals_direct(seed):
+    g = torch.Generator().manual_seed(100 + seed)
+    n = 3 + seed * 5  # 3..28 tokens: every fraction's k differs somewhere
+    scorable = torch.rand(n, generator=g) > 0.2
+    scorable[0] = scorable[-1] = False  # special tokens
+    scores = torch.randint(0, 4, (n,), generator=g).float()  # ties: order by position
+    model = InteractingModel(n, seed)
+    direct = comprehensiveness_sufficiency(model, scores, scorable)
+    curves = deletion_insertion_curves(model, scores, scorable)
+    derived = comprehensiveness_sufficiency_from_curves(curves)
+    assert derived["k"] == direct["k"] and derived["n_scorable"] == direct["n_scorable"]
+    for key in ("p_full", "comprehensiveness", "sufficiency", "comprehensiveness_aopc",
+                "sufficiency_aopc"):  # fmt: skip
+        assert derived[key] == pytest.approx(direct[key], abs=1e-12), key
+
+
+def test_comprehensiveness_sufficiency_from_curves_edge_cases():
+    scorable = torch.zeros(3, dtype=torch.bool)
+    curves = deletion_insertion_curves(LinearModel(WEIGHTS[:3], scorable), WEIGHTS[:3], scorable)
+    empty = comprehensiveness_sufficiency_from_curves(curves)
+    assert math.isnan(empty["comprehensiveness_aopc"]) and math.isnan(empty["sufficiency_aopc"])
+    with pytest.raises(ValueError, match="differ in length"):
+        comprehensiveness_sufficiency_from_curves({"deletion": [1.0, 0.5], "insertion": [0.0]})
+    with pytest.raises(ValueError, match="must not be empty"):
+        comprehensiveness_sufficiency_from_curves(curves, fractions=())
 
 
 def test_deletion_insertion_by_hand():

@@ -15,7 +15,7 @@ from scipy.stats import kendalltau
 
 from attribution_analysis.evaluation.faithfulness import (
     ERASER_FRACTIONS,
-    comprehensiveness_sufficiency,
+    comprehensiveness_sufficiency_from_curves,
     deletion_insertion_curves,
     leave_one_out_effects,
     sparsity_metrics,
@@ -73,10 +73,10 @@ def _on_grid(x: list[float], y: list[float]) -> np.ndarray:
 
 
 def _example_metrics(ev: MethodEvaluation, predict, scores, scorable, effects, gold) -> None:
-    cs = comprehensiveness_sufficiency(predict, scores, scorable, ERASER_FRACTIONS)
+    curves = deletion_insertion_curves(predict, scores, scorable)
+    cs = comprehensiveness_sufficiency_from_curves(curves, ERASER_FRACTIONS)  # same variants
     ev.add("comprehensiveness_aopc", cs["comprehensiveness_aopc"])
     ev.add("sufficiency_aopc", cs["sufficiency_aopc"])
-    curves = deletion_insertion_curves(predict, scores, scorable)
     ev.add("deletion_auc", curves["deletion_auc"])
     ev.add("insertion_auc", curves["insertion_auc"])
     ev.deletion.append(_on_grid(curves["x"], curves["deletion"]))

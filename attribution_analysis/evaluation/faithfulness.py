@@ -154,6 +154,37 @@ def _comp_suff_result(
     }
 
 
+def comprehensiveness_sufficiency_from_curves(
+    curves: dict, fractions: Sequence[float] = ERASER_FRACTIONS
+) -> dict[str, float | list[float] | list[int]]:
+    """:func:`comprehensiveness_sufficiency` read off :func:`deletion_insertion_curves`, without
+    calling the model again: its variants are curve points (the input without the k top-ranked
+    tokens is deletion step k; the k top-ranked tokens only is insertion step k; the full input
+    is deletion step 0), ranked the same way.
+
+    ``curves``: the result of :func:`deletion_insertion_curves` for the same example and scores.
+    Returns what :func:`comprehensiveness_sufficiency` returns (equal up to the float rounding
+    of the batches ``predict`` saw).
+    """
+    fractions = [float(f) for f in fractions]
+    if not fractions:
+        raise ValueError("fractions must not be empty")
+    deletion, insertion = curves["deletion"], curves["insertion"]
+    n = len(deletion) - 1
+    if len(insertion) != n + 1:
+        raise ValueError(
+            f"deletion and insertion curves differ in length ({len(deletion)} and {len(insertion)})"
+        )
+    ks = [top_k_count(f, n) if n else 0 for f in fractions]
+    if n == 0:
+        nans = [math.nan] * len(fractions)
+        return _comp_suff_result(fractions, ks, math.nan, nans, nans, n)
+    p_full = float(deletion[0])
+    comprehensiveness = [p_full - float(deletion[k]) for k in ks]
+    sufficiency = [p_full - float(insertion[k]) for k in ks]
+    return _comp_suff_result(fractions, ks, p_full, comprehensiveness, sufficiency, n)
+
+
 def _trapezoid(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
 
