@@ -39,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         if config.ig_steps > DEMO_IG_STEPS:
             print(
                 f"[demo] Integrated Gradients with {DEMO_IG_STEPS} integration steps instead of "
-                f"the config's {config.ig_steps}: on the demo's 100 candidates its token scores "
-                "have a mean Spearman correlation of 0.999 with 50 steps' and the same top "
-                "token, median completeness error 0.3% (the README gives the command); "
-                "analyze_diffmask and the benchmarks use the config's"
+                f"the config's {config.ig_steps} (measured on the default demo's 100 candidates "
+                "by benchmarks/bench_ig_steps.py: mean Spearman correlation 0.999 with 50 "
+                "steps' token scores, the same top token, median completeness error 0.3%); "
+                "analyze_diffmask, compare_methods and the benchmarks use the config's"
             )
             config.ig_steps = DEMO_IG_STEPS
         result = run_analysis(config, quiet=args.quiet)

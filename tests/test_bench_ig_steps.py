@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from tests.helpers_foundation import copy_tiny_configs, load_benchmark
+from tests.helpers_foundation import copy_tiny_configs, load_benchmark, single_thread
 
 
 def test_agreement_known_answers():
@@ -20,26 +19,13 @@ def test_agreement_known_answers():
     assert flipped["same_top_token"] == pytest.approx(1 / 3)  # only the tied pair's argmax
 
 
-def test_bench_ig_steps_runs_on_the_tiny_model(tmp_path, capsys):
+def test_bench_ig_steps_runs_on_the_tiny_model(tmp_path, capsys, monkeypatch):
     copy_tiny_configs(tmp_path)
     bench = load_benchmark("bench_ig_steps")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        argv = [
-            "--config",
-            "configs/attribution/tiny_test.yaml",
-            "--steps",
-            "8,2",
-            "--n_samples",
-            "8",
-        ]
+    monkeypatch.chdir(tmp_path)
+    argv = ["--config", "configs/attribution/tiny_test.yaml", "--steps", "8,2", "--n_samples", "8"]
+    with single_thread():
         assert bench.main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
-        mp.undo()
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| 2 ") or line.startswith("| 8 ")]
     assert [r.split("|")[1].strip() for r in rows] == ["2", "8"]
