@@ -19,13 +19,17 @@ def test_agreement_known_answers():
     assert flipped["same_top_token"] == pytest.approx(1 / 3)  # only the tied pair's argmax
 
 
-def test_bench_ig_steps_runs_on_the_tiny_model(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def one_thread():
+    yield from single_thread()
+
+
+def test_bench_ig_steps_runs_on_the_tiny_model(tmp_path, capsys, monkeypatch, one_thread):
     copy_tiny_configs(tmp_path)
     bench = load_benchmark("bench_ig_steps")
     monkeypatch.chdir(tmp_path)
     argv = ["--config", "configs/attribution/tiny_test.yaml", "--steps", "8,2", "--n_samples", "8"]
-    with single_thread():
-        assert bench.main(argv) == 0
+    assert bench.main(argv) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| 2 ") or line.startswith("| 8 ")]
     assert [r.split("|")[1].strip() for r in rows] == ["2", "8"]
