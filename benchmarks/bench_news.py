@@ -28,12 +28,13 @@ checked on the means over seeds (on the sds for the sd targets; the comparisons 
 removal ``baseline`` on all candidates); ``gap`` is by how much a missed target is missed (0 when
 met). Everything is written to ``<out>/bench_news.json`` and ``<out>/bench_news.md``.
 
-Runtime of the default command on the 2-core CPU, estimated from per-example timings: about
-20-25 min with NRMS-MiniLM already trained (training it first adds about 3.6 min): DIFFMASK
-training about 1.7 min per seed, IG about 2 min (0.24 s per example, computed once), and the
-removal metrics about 12 min (about 0.06 s per example for each of 24 method passes: five
-methods under ``mask`` for the first seed, DIFFMASK and random for the others, five under
-``baseline`` for every seed). A loaded machine can double it. ``--smoke`` (tiny random model,
+Runtime of the default command on the 2-core CPU, measured: 44 min with NRMS-MiniLM already
+trained (training it first adds about 7 min): DIFFMASK training 3.5-6.4 min per seed (6-11
+epochs); the first seed's ``mask`` phase 10 min (IG's attributions, 0.64 s per example, and
+five methods' removal curves); the other seeds' ``mask`` phases about 2 min (DIFFMASK and
+random); each seed's ``baseline`` phase 4-4.6 min (five methods). Comprehensiveness and
+sufficiency are read off the deletion and insertion curves, without model calls of their own.
+``--smoke`` (tiny random model,
 16 candidates, 2 seeds, DIFFMASK/IG/random) takes about 20 s, 6 s of it after the imports, plus
 about 15 s the first time to generate the tiny corpus and train the tiny recommender.
 """
