@@ -34,9 +34,9 @@ epochs); the first seed's ``mask`` phase 10 min (IG's attributions, 0.64 s per e
 five methods' removal curves); the other seeds' ``mask`` phases about 2 min (DIFFMASK and
 random); each seed's ``baseline`` phase 4-4.6 min (five methods). Comprehensiveness and
 sufficiency are read off the deletion and insertion curves, without model calls of their own.
-``--smoke`` (tiny random model,
-16 candidates, 2 seeds, DIFFMASK/IG/random) takes about 20 s, 6 s of it after the imports, plus
-about 15 s the first time to generate the tiny corpus and train the tiny recommender.
+``--smoke`` (tiny random model, 16 candidates, 2 seeds, DIFFMASK/IG/random) takes about 20 s,
+6 s of it after the imports, plus about 15 s the first time to generate the tiny corpus and
+train the tiny recommender.
 """
 
 from __future__ import annotations
