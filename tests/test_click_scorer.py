@@ -12,6 +12,7 @@ from attribution_analysis.data.loading import load_mind_data
 from attribution_analysis.models import lower_cache as lc
 from attribution_analysis.models.click_scorer import ClickScorer, batch_logits
 from attribution_analysis.models.history_cache import HistoryVectorCache
+from attribution_analysis.models.inference import encode_news_table
 from attribution_analysis.models.serialization import build_nrms
 from tests.helpers_foundation import data_config, make_corpus, tiny_config, tiny_tokenizer
 
@@ -78,6 +79,29 @@ def test_without_gradient_both_settings_agree_exactly(setup):
         a = batch_logits(model, BATCH, data.table, use_cache, True)
         b = batch_logits(model, BATCH, data.table, use_cache, False)
     assert torch.equal(a, b)
+
+
+def test_titles_of_each_length_run_unpadded_with_the_padded_scores_and_gradients(setup):
+    """``batch_logits`` encodes titles in groups of equal length without padding; scores and
+    every parameter's gradient equal those of one padded batch (padding is masked out). The
+    cut gradient (``history_plm_grad=False``) is checked against a padded reference above."""
+    data, model, cache = setup
+    use_cache = cache if model.news_encoder.caches_lower_layers else None
+    cand, hist = BATCH["candidates"], BATCH["history"]
+    rows = torch.cat([cand.flatten(), hist.flatten()])
+    unique, inverse = torch.unique(rows, return_inverse=True)
+    assert len(torch.unique(data.table.rows(unique)[1].sum(-1))) >= 3, "mix title lengths"
+    logits, grads = _grads(model, data, use_cache, True)
+    model.zero_grad(set_to_none=True)
+    vectors = _vectors(model, data, use_cache, unique)  # one padded batch
+    cand_vec = vectors[inverse[: cand.numel()]].view(*cand.shape, -1)
+    hist_vec = vectors[inverse[cand.numel() :]].view(*hist.shape, -1)
+    reference = model.score(model.user_vector(hist_vec, BATCH["history_mask"]), cand_vec)
+    ref_grads = _loss_grads(model, reference)
+    torch.testing.assert_close(logits, reference.detach(), rtol=0, atol=1e-6)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-5, atol=1e-7)
 
 
 def test_config_key_is_a_boolean():
@@ -196,3 +220,18 @@ def test_history_cache_is_refused_with_history_gradient(setup):
         batch_logits(model, BATCH, data.table, use_cache, True, HistoryVectorCache(20, 2))
     with pytest.raises(ValueError, match="max_age"):
         HistoryVectorCache(20, 0)
+
+
+def test_news_table_encoded_in_length_order_matches_each_title_alone(setup):
+    """``encode_news_table`` batches titles by length; every row's vector is that of the
+    title encoded on its own (no padding at all), in the table's row order."""
+    data, model, _ = setup
+    vectors = encode_news_table(model, data.table, batch_size=5)
+    lengths = data.table.attention_mask.sum(-1)
+    assert len(torch.unique(lengths)) >= 3
+    with torch.no_grad():
+        for row in range(len(data.table)):
+            n = int(lengths[row])
+            ids = data.table.input_ids[row : row + 1, :n]
+            alone = model.news_encoder(ids, torch.ones_like(ids)).vectors[0]
+            torch.testing.assert_close(vectors[row], alone, rtol=0, atol=1e-5)

@@ -450,9 +450,10 @@ def _hinge_step(dm, batch, monkeypatch, full: bool):
 def test_masked_passes_with_gradient_only_for_examples_at_the_margin(
     setup, monkeypatch, delivered_gradient
 ):
-    """The per-example hinge max(D - m, 0) is flat within the margin: a training step runs the
-    masked passes with gradient only for the examples at or beyond it, and its gradient for
-    every probe parameter and the baseline equals that of full-batch passes."""
+    """The per-example hinge max(D - m, 0) is flat within the margin: a training step runs one
+    masked pass with gradient, for the sampled and the delivered masks at or beyond it only,
+    and its gradient for every probe parameter and the baseline equals that of full-batch
+    passes (one per mask)."""
     dm = _diffmask(setup, probe_init_bias=0.0, delivered_gradient=delivered_gradient)
     dm.train()
     batch = next(iter(_loader(setup, 16, batch_size=16)))
@@ -463,7 +464,7 @@ def test_masked_passes_with_gradient_only_for_examples_at_the_margin(
     sampled = int((step.divergence.detach() >= dm.margin).sum())
     delivered = int((step.delivered_divergence.detach() >= dm.margin).sum())
     assert 0 < sampled < 16 and 0 < delivered < 16, (sampled, delivered)  # a mixed batch
-    assert sizes == [sampled, delivered] and ref_sizes == [16, 16]
+    assert sizes == [sampled + delivered] and ref_sizes == [16, 16]
     torch.testing.assert_close(step.divergence, ref_step.divergence, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(
         step.delivered_divergence, ref_step.delivered_divergence, rtol=1e-5, atol=1e-7

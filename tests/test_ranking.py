@@ -105,6 +105,20 @@ def test_matches_official_script_on_random_impressions():
         assert result[f"ndcg@{k}"] == pytest.approx(np.mean([r[2] for r in rows]))
 
 
+def test_auc_equals_sklearn_with_many_tied_scores():
+    """The rank-based AUC counts a tied positive/negative pair as one half, as sklearn's
+    ``roc_auc_score`` (the official script's) does; scores from 3 values tie often."""
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        n = int(rng.integers(2, 15))
+        labels = rng.integers(0, 2, size=n)
+        labels[0], labels[-1] = 1, 0
+        scores = rng.integers(0, 3, size=n).astype(float)
+        expected = roc_auc_score(labels, scores)
+        assert auc_score(labels.tolist(), scores.tolist()) == pytest.approx(expected, abs=1e-12)
+        assert mind_metrics([(labels, scores)])["auc"] == pytest.approx(expected, abs=1e-12)
+
+
 def test_ties_follow_reversed_argsort():
     # Equal scores: the later candidate is ranked first.
     assert mrr_score([1, 0], [0.5, 0.5]) == pytest.approx(1 / 2)

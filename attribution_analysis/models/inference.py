@@ -27,20 +27,23 @@ def encode_news_table(
     model: NRMS, table: TokenTable, batch_size: int = 256, quiet: bool = True, accelerator=None
 ) -> torch.Tensor:
     """News vectors of every row of ``table``: ``[num_rows, dim]`` (on the model's device);
-    with several processes each encodes a contiguous share and all get the whole table."""
+    with several processes each encodes a contiguous share and all get the whole table.
+    Titles are batched in order of length, so a batch carries little padding."""
     device = _model_device(model)
 
     def encode(start: int, end: int) -> torch.Tensor:
-        out = [torch.zeros(0, model.dim, device=device)]
+        out = torch.zeros(end - start, model.dim, device=device)
+        lengths = table.attention_mask[start:end].sum(-1)
+        order = torch.argsort(lengths, stable=True) + start  # [rows], shortest first
         bar = tqdm(total=end - start, desc="encode news", disable=quiet, leave=False, unit="news")
         with eval_mode(model):
-            for s in range(start, end, batch_size):
-                rows = torch.arange(s, min(s + batch_size, end))
+            for rows in order.split(batch_size):
                 ids, mask = table.rows(rows)
-                out.append(model.news_encoder(ids.to(device), mask.to(device)).vectors.float())
+                vectors = model.news_encoder(ids.to(device), mask.to(device)).vectors
+                out[(rows - start).to(device)] = vectors.float()
                 bar.update(len(rows))
         bar.close()
-        return torch.cat(out)
+        return out
 
     return gather_rows(accelerator, len(table), encode)
 

@@ -142,8 +142,11 @@ class NewsEncoder(nn.Module):
 
         ``collect`` receives each layer's output; ``edit[k]`` replaces layer k's output
         (``k`` counts layers from 1, 0 being the embedding output) before the next layer.
+        A batch without padding runs without a mask (attention's unmasked kernel).
         """
-        ext = extended_attention_mask(attention_mask, hidden.dtype)
+        ext = None
+        if not bool(attention_mask.all()):
+            ext = extended_attention_mask(attention_mask, hidden.dtype)
         for k in range(start, end):
             out = self.layers[k](hidden, attention_mask=ext)
             hidden = out[0] if isinstance(out, tuple) else out

@@ -16,8 +16,10 @@ and counted under ``skipped``.
 Ties: candidates are ordered as the official script does, ``np.argsort(scores)[::-1]``, with a
 stable sort, so among candidates with equal scores the one that comes *later* in the impression
 is ranked first.  (The official script uses numpy's default sort, which gives this order on
-short arrays; the stable sort makes it the same on every platform and array length.)  AUC uses
-sklearn's ``roc_auc_score``, which counts a tied positive/negative pair as one half.
+short arrays; the stable sort makes it the same on every platform and array length.)  AUC is
+the Mann-Whitney statistic from average ranks, which counts a tied positive/negative pair as
+one half: the value of sklearn's ``roc_auc_score`` (the official script's), at a fraction of its
+cost per impression.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from scipy.stats import rankdata
 
 from attribution_analysis.utils.io import atomic_write_text
 
@@ -63,6 +65,17 @@ def _ranking_order(scores: np.ndarray) -> np.ndarray:
     return np.argsort(scores, kind="stable")[::-1]
 
 
+def _auc(y: np.ndarray, s: np.ndarray) -> float:
+    """ROC AUC ``[n] labels (0/1), [n] scores -> float`` as the Mann-Whitney U over
+    ``n_pos * n_neg`` pairs, ties among scores taking their average rank (a tied pair counts
+    one half)."""
+    positive = y > 0
+    n_pos = int(positive.sum())
+    n_neg = len(y) - n_pos
+    rank_sum = float(rankdata(s)[positive].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
 def _mrr(y: np.ndarray, s: np.ndarray) -> float:
     y_ranked = y[_ranking_order(s)]
     return float(np.sum(y_ranked / (np.arange(len(y_ranked)) + 1)) / np.sum(y_ranked))
@@ -82,7 +95,7 @@ def auc_score(labels: Sequence[int | float], scores: Sequence[float]) -> float:
     y, s = _as_arrays(labels, scores)
     if y.min() == y.max():
         raise ValueError("AUC is undefined when the labels are all 0 or all 1")
-    return float(roc_auc_score(y, s))
+    return _auc(y, s)
 
 
 def mrr_score(labels: Sequence[int | float], scores: Sequence[float]) -> float:
@@ -155,7 +168,7 @@ def mind_metrics(
         if y.min() == y.max():
             skipped += 1
             continue
-        values["auc"].append(float(roc_auc_score(y, s)))
+        values["auc"].append(_auc(y, s))
         values["mrr"].append(_mrr(y, s))
         for k in NDCG_KS:
             values[f"ndcg@{k}"].append(_dcg(y, s, k) / _dcg(y, y, k))

@@ -361,21 +361,28 @@ class DIFFMASK(nn.Module):
         hidden = tuple(h.detach() for h in original.hidden_states)
         probe = self._probe(hidden, scorable, context, generator)
         kind = self.divergence_kind
+        delivered = delivered_div = None
         if self._hinge_only_gradient():
-            div, masked_output = self._hinged_divergence(
-                words, attention_mask, context, probe.gates, original.output
+            gate_sets = [probe.gates]
+            if self.settings.get("delivered_constraint"):  # the delivered mask's pass with it
+                gate_sets.append(self._deterministic_gates(probe.log_alpha, scorable, grad=True))
+            passes = self._hinged_divergences(
+                words, attention_mask, context, gate_sets, original.output
             )
+            div, masked_output = passes[0]
+            if len(passes) > 1:
+                delivered_div = passes[1][0]
         else:
             masked_output = self._masked_forward(words, attention_mask, context, probe.gates).output
             div = adapter.divergence(original.output, masked_output, context, kind)
         n_tokens = scorable.sum(-1).clamp(min=1)
         l0 = (probe.log_prob_nonzero.exp() * scorable).sum(-1) / n_tokens
-        delivered = delivered_div = None
         if self.training and self.settings["constraint"] == "per_example":
             if self.settings.get("delivered_constraint"):
-                delivered_div = self._delivered_divergence(
-                    words, attention_mask, context, probe.log_alpha, scorable, original.output
-                )
+                if delivered_div is None:
+                    delivered_div = self._delivered_divergence(
+                        words, attention_mask, context, probe.log_alpha, scorable, original.output
+                    )
                 delivered = (delivered_div <= self.margin).detach()
             else:
                 delivered = self._delivered_within_margin(
@@ -400,8 +407,6 @@ class DIFFMASK(nn.Module):
         of the batch, ``[batch]``, with gradient to the probe (through the deterministic gates,
         alive where they are not clamped at 0 or 1) and to the baseline."""
         gates = self._deterministic_gates(log_alpha, scorable, grad=True)
-        if self._hinge_only_gradient():
-            return self._hinged_divergence(words, attention_mask, context, gates, orig)[0]
         out = self._masked_forward(words, attention_mask, context, gates).output
         return self.adapter.divergence(orig, out, context, self.divergence_kind)
 
@@ -414,32 +419,45 @@ class DIFFMASK(nn.Module):
             and torch.is_grad_enabled()
         )
 
-    def _hinged_divergence(
-        self, words, attention_mask, context: Context, gates: torch.Tensor, orig: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-example divergence ``[batch]`` of the model under ``gates [batch, tokens]``,
-        with the gradient the hinge ``max(D_i - m, 0)`` needs, and the masked output (without
-        gradient).
+    def _hinged_divergences(
+        self,
+        words: torch.Tensor,
+        attention_mask: torch.Tensor,
+        context: Context,
+        gate_sets: list[torch.Tensor],
+        orig: torch.Tensor,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """For each of the ``gate_sets`` (each ``[batch, tokens]``; e.g. the sampled and the
+        delivered mask) the per-example divergence ``[batch]``, with the gradient the hinge
+        ``max(D_i - m, 0)`` needs, and the masked output ``[batch]`` (without gradient).
 
         The hinge is flat where ``D_i < m``, so only the examples at or beyond the margin pass
-        a gradient to the probe and the baseline. The batch's masked pass runs without
-        gradient, then again, with gradient, for those examples only (most of a batch lies
-        within the margin once training has settled): the loss's gradient is the full pass's,
-        up to float rounding, for a forward pass without autograd plus a small one with it.
-        Where no example is at the margin the result is still connected to ``gates`` and the
-        baseline (with zero gradient), so every parameter keeps a gradient as before.
+        a gradient to the probe and the baseline. Every set's masked pass runs in one batch
+        without gradient, then again, with gradient, for the rows at the margin only (most of
+        a batch lies within the margin once training has settled): the loss's gradient is the
+        full pass's, up to float rounding, for a forward pass without autograd plus a small
+        one with it. Where no row is at the margin the result is still connected to the gates
+        and the baseline (with zero gradient), so every parameter keeps a gradient as before.
         """
         kind = self.divergence_kind
+        batch = len(words)
+        gates = torch.cat(gate_sets)  # [sets * batch, tokens]
+        example = torch.arange(batch, device=words.device).repeat(len(gate_sets))  # [rows]
+        if len(gate_sets) > 1:
+            words, attention_mask, orig = words[example], attention_mask[example], orig[example]
+            context = _rows(context, example, batch)
         with torch.no_grad():
             out = self._masked_forward(words, attention_mask, context, gates.detach()).output
             div = self.adapter.divergence(orig, out, context, kind)
-        hinged = (div >= self.margin).nonzero().squeeze(-1)  # [examples at/beyond the margin]
+        hinged = (div >= self.margin).nonzero().squeeze(-1)  # [rows at/beyond the margin]
         if len(hinged) == 0:
-            return div + 0.0 * (gates.sum() + self.baseline.sum()), out
-        sub = _rows(context, hinged, len(div))
-        sub_out = self._masked_forward(words[hinged], attention_mask[hinged], sub, gates[hinged])
-        sub_div = self.adapter.divergence(orig[hinged], sub_out.output, sub, kind)
-        return div.index_put((hinged,), sub_div), out
+            div = div + 0.0 * (gates.sum() + self.baseline.sum())
+        else:
+            sub = _rows(context, hinged, len(div))
+            sub_out = self._masked_forward(words[hinged], attention_mask[hinged], sub, gates[hinged])
+            sub_div = self.adapter.divergence(orig[hinged], sub_out.output, sub, kind)
+            div = div.index_put((hinged,), sub_div)
+        return list(zip(div.split(batch), out.split(batch)))
 
     @torch.no_grad()
     def _delivered_within_margin(self, words, attention_mask, context, log_alpha, scorable, orig):
