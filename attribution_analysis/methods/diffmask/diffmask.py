@@ -454,7 +454,9 @@ class DIFFMASK(nn.Module):
             div = div + 0.0 * (gates.sum() + self.baseline.sum())
         else:
             sub = _rows(context, hinged, len(div))
-            sub_out = self._masked_forward(words[hinged], attention_mask[hinged], sub, gates[hinged])
+            sub_out = self._masked_forward(
+                words[hinged], attention_mask[hinged], sub, gates[hinged]
+            )
             sub_div = self.adapter.divergence(orig[hinged], sub_out.output, sub, kind)
             div = div.index_put((hinged,), sub_div)
         return list(zip(div.split(batch), out.split(batch)))
