@@ -199,7 +199,9 @@ def test_history_cache_serves_vectors_until_they_are_max_age_steps_old(setup):
         history.advance()  # step 2: 2 steps old, computed again
         again = scorer(BATCH, data.table, use_cache)
         assert history.computed == 2 * len(HISTORY_ONLY)
-        torch.testing.assert_close(again, fresh, atol=1e-6, rtol=0)
+        # the perturbed head gives logits of about 0.5; titles encoded in equal-length groups
+        # sum in another order than one padded batch (float32 differences of a few 1e-6)
+        torch.testing.assert_close(again, fresh, atol=1e-5, rtol=0)
         history.clear()  # a new epoch: nothing is reused
         scorer(BATCH, data.table, use_cache)
         assert history.computed == 3 * len(HISTORY_ONLY)
