@@ -204,6 +204,10 @@ class ObjectiveConfig:
     # "straight_through": the exact gradient plus, where a voting probe's own gate is
     # clamped at 0, the token's gate gradient (its opening part) passed to that probe's logit
     # with the slope at log_alpha = 0, so a vetoed gate can reopen
+    hinge_ratio: float = 0.8  # per_example: the hinge pushes an example back once its
+    # divergence exceeds hinge_ratio * margin (0 < ratio <= 1); "within the margin" (lambda's
+    # dual signal, validation, selection) is still judged at the margin. Below 1 the examples
+    # that the sparsity pull holds at the hinge's edge lie inside the margin (a safety buffer)
     sparsity_loss: str = "l0"  # "l0": mean P(z != 0); "log_l0": mean log P(z != 0)
     logit_decay: float = 1e-3  # weight of mean(log_alpha^2), keeps gates away from saturation
     lambda_init: float = 1.0  # the Lagrange multiplier's start
@@ -426,6 +430,7 @@ VALUE_RULES: dict[type, dict[str, str]] = {
     GateConfig: {"temperature": "positive", "stretch": "non_negative",
                  "mask_layer": "non_negative"},
     ObjectiveConfig: {"constraint_margin": "positive", "within_margin_goal": "share",
+                      "hinge_ratio": "share",
                       "delivered_check_examples": "positive_int", "logit_decay": "non_negative",
                       "delivered_gradient": "delivered_gradient",
                       "lambda_init": "non_negative", "lambda_min": "non_negative",

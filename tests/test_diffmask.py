@@ -474,6 +474,36 @@ def test_masked_passes_with_gradient_only_for_examples_at_the_margin(
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
 
 
+def test_the_hinge_starts_at_hinge_ratio_times_the_margin(setup, monkeypatch):
+    """``hinge_ratio`` r < 1: the Lagrangian's hinge is ``max(D - r m, 0)`` (closed form; its
+    gradient from passes over the rows at or beyond r m only equals the full passes'), while
+    "within the margin" (the dual's signal) is still judged at m: examples between r m and m
+    are within the margin and pushed back all the same."""
+    with pytest.raises(ValueError, match="hinge_ratio"):
+        _diffmask(setup, hinge_ratio=0.0)
+    with pytest.raises(ValueError, match="hinge_ratio"):
+        _diffmask(setup, hinge_ratio=1.5)
+    dm = _diffmask(setup, probe_init_bias=0.0, lambda_init=3.0, hinge_ratio=0.5)
+    dm.train()
+    batch = next(iter(_loader(setup, 16, batch_size=16)))
+    first = _hinge_step(dm, batch, monkeypatch, full=True)[0]
+    dm.margin = 2 * float(first.divergence.detach().median())  # the hinge at the median
+    assert dm.hinge_margin == pytest.approx(dm.margin / 2)
+    step, grads, sizes = _hinge_step(dm, batch, monkeypatch, full=False)
+    _, ref_grads, _ = _hinge_step(dm, batch, monkeypatch, full=True)
+    div, dd = step.divergence.detach(), step.delivered_divergence.detach()
+    h, m = dm.hinge_margin, dm.margin
+    assert sizes == [int((div >= h).sum()) + int((dd >= h).sum())]
+    assert ((div >= h) & (div <= m)).any()  # within the margin, yet pushed back
+    assert torch.equal(step.within_margin, div <= m)
+    assert torch.equal(step.delivered_within_margin, dd <= m)
+    hinge = (div - h).clamp(min=0) + (dd - h).clamp(min=0)
+    expected = dm.sparsity_term(step) + 3.0 * hinge.mean() + dm.logit_penalty(step)
+    torch.testing.assert_close(dm.lagrangian(step).detach(), expected.detach())
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
 def test_a_batch_within_the_margin_keeps_zero_gradients(setup, monkeypatch):
     """No example at the margin: no masked pass with gradient, yet the probe and the baseline
     keep a (zero through the constraint) gradient, as the full passes give."""
@@ -523,7 +553,7 @@ def _user_key_data(n: int):
     return ids, user
 
 
-def _train_user_key(probe_context: str, tmp_path, n: int = 128, n_epochs: int = 40):
+def _train_user_key(probe_context: str, tmp_path, n: int = 128, n_epochs: int = 80):
     ids, user = _user_key_data(n)
     mask = torch.ones_like(ids)
     batches = [
@@ -540,7 +570,8 @@ def _train_user_key(probe_context: str, tmp_path, n: int = 128, n_epochs: int = 
         probe_context=probe_context,
     )
     # A fixed budget: the user-specific solution comes after a long stretch at "keep both
-    # keys", where L0 and lambda look level (the convergence rule would stop there).
+    # keys", where L0 and lambda look level (the convergence rule would stop there). With the
+    # default hinge at 0.8 m it came after more than 50 epochs (measured: 60 and 80 pass).
     train_diffmask(
         dm,
         batches,

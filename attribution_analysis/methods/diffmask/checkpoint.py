@@ -83,12 +83,14 @@ def saved_settings(settings: dict) -> dict:
     """A checkpoint's settings, with the defaults of settings added since it was written:
     ``lambda_min`` 0 (checkpoints from before the floor were trained without one),
     ``delivered_constraint`` False (nor with the hinge on the delivered mask), ``probe_context``
-    ``"none"`` and ``delivered_gradient`` ``"exact"`` (the behaviour before those settings)."""
+    ``"none"``, ``delivered_gradient`` ``"exact"`` and ``hinge_ratio`` 1 (the behaviour before
+    those settings)."""
     return {
         "lambda_min": 0.0,
         "delivered_constraint": False,
         "probe_context": "none",
         "delivered_gradient": "exact",
+        "hinge_ratio": 1.0,
         **settings,
     }
 

@@ -152,6 +152,7 @@ class DIFFMASK(nn.Module):
         probe_init_bias: float = _PROBE.probe_init_bias,
         constraint: str = _OBJECTIVE.constraint,
         within_margin_goal: float = _OBJECTIVE.within_margin_goal,
+        hinge_ratio: float = _OBJECTIVE.hinge_ratio,
         sparsity_loss: str = _OBJECTIVE.sparsity_loss,
         logit_decay: float = _OBJECTIVE.logit_decay,
         delivered_check_examples: int | None = _OBJECTIVE.delivered_check_examples,
@@ -195,6 +196,8 @@ class DIFFMASK(nn.Module):
             )
         if not 0 < within_margin_goal <= 1:
             raise ValueError(f"within_margin_goal must be in (0, 1], got {within_margin_goal}")
+        if not 0 < hinge_ratio <= 1:
+            raise ValueError(f"hinge_ratio must be in (0, 1], got {hinge_ratio}")
         if not (constraint_margin > 0 and math.isfinite(constraint_margin)):
             raise ValueError(f"constraint_margin must be > 0, got {constraint_margin}")
         if not 0 <= lambda_min <= lambda_init <= lambda_max:
@@ -225,6 +228,7 @@ class DIFFMASK(nn.Module):
             "probe_init_bias": float(probe_init_bias),
             "constraint": constraint,
             "within_margin_goal": float(within_margin_goal),
+            "hinge_ratio": float(hinge_ratio),
             "sparsity_loss": sparsity_loss,
             "logit_decay": float(logit_decay),
             "delivered_check_examples": delivered_check_examples,
@@ -410,9 +414,15 @@ class DIFFMASK(nn.Module):
         out = self._masked_forward(words, attention_mask, context, gates).output
         return self.adapter.divergence(orig, out, context, self.divergence_kind)
 
+    @property
+    def hinge_margin(self) -> float:
+        """Where the per-example hinge starts pushing: ``hinge_ratio * margin``."""
+        return self.margin * self.settings.get("hinge_ratio", 1.0)
+
     def _hinge_only_gradient(self) -> bool:
         """Whether a training step's divergences enter the loss only through the hinge
-        ``max(D_i - m, 0)`` (the ``per_example`` constraint, with gradients enabled)."""
+        ``max(D_i - h, 0)``, ``h = hinge_ratio * m`` (the ``per_example`` constraint, with
+        gradients enabled)."""
         return (
             self.training
             and self.settings["constraint"] == "per_example"
@@ -429,9 +439,10 @@ class DIFFMASK(nn.Module):
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """For each of the ``gate_sets`` (each ``[batch, tokens]``; e.g. the sampled and the
         delivered mask) the per-example divergence ``[batch]``, with the gradient the hinge
-        ``max(D_i - m, 0)`` needs, and the masked output ``[batch]`` (without gradient).
+        ``max(D_i - h, 0)`` needs (``h = hinge_ratio * m``, :attr:`hinge_margin`), and the masked
+        output ``[batch]`` (without gradient).
 
-        The hinge is flat where ``D_i < m``, so only the examples at or beyond the margin pass
+        The hinge is flat where ``D_i < h``, so only the examples at or beyond it pass
         a gradient to the probe and the baseline. Every set's masked pass runs in one batch
         without gradient, then again, with gradient, for the rows at the margin only (most of
         a batch lies within the margin once training has settled): the loss's gradient is the
@@ -449,7 +460,7 @@ class DIFFMASK(nn.Module):
         with torch.no_grad():
             out = self._masked_forward(words, attention_mask, context, gates.detach()).output
             div = self.adapter.divergence(orig, out, context, kind)
-        hinged = (div >= self.margin).nonzero().squeeze(-1)  # [rows at/beyond the margin]
+        hinged = (div >= self.hinge_margin).nonzero().squeeze(-1)  # [rows at/beyond the hinge]
         if len(hinged) == 0:
             div = div + 0.0 * (gates.sum() + self.baseline.sum())
         else:
@@ -529,10 +540,11 @@ class DIFFMASK(nn.Module):
         ``sparsity + lambda * constraint + logit_penalty`` with
 
         * ``sparsity``: :meth:`sparsity_term` (``l0``: mean P(z != 0); ``log_l0``: mean log);
-        * ``constraint="per_example"`` (default): ``mean_i max(D_i - m, 0)``; only examples
-          outside the margin push the gates open, so the constraint is met example by example
-          rather than on average; with ``delivered_constraint`` (default) plus
-          ``mean_i max(D'_i - m, 0)``, ``D'`` the divergence of the delivered (deterministic)
+        * ``constraint="per_example"`` (default): ``mean_i max(D_i - h, 0)`` with ``h =
+          hinge_ratio * m`` (``m`` by default); only examples beyond ``h`` push the gates
+          open, so the constraint is met example by example rather than on average; with
+          ``delivered_constraint`` (default) plus
+          ``mean_i max(D'_i - h, 0)``, ``D'`` the divergence of the delivered (deterministic)
           mask, the one lambda's dual signal counts: an example whose sampled masks stay
           within the margin but whose delivered mask does not is pushed too;
         * ``constraint="mean"`` (the original DIFFMASK form): ``mean(D - m)``;
@@ -540,9 +552,9 @@ class DIFFMASK(nn.Module):
         """
         excess = step.divergence - self.margin
         if self.settings["constraint"] == "per_example":
-            excess = excess.clamp(min=0.0)
+            excess = (step.divergence - self.hinge_margin).clamp(min=0.0)
             if step.delivered_divergence is not None:
-                excess = excess + (step.delivered_divergence - self.margin).clamp(min=0.0)
+                excess = excess + (step.delivered_divergence - self.hinge_margin).clamp(min=0.0)
         return (
             self.sparsity_term(step)
             + self.lagrange_multiplier * excess.mean()
