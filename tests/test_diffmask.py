@@ -377,10 +377,12 @@ def test_a_checkpoint_from_before_the_lambda_floor_loads_without_one(setup, tmp_
     blob = torch.load(path, weights_only=True)
     del blob["settings"]["lambda_min"]
     del blob["settings"]["delivered_constraint"]
+    del blob["settings"]["hinge_ratio"]
     torch.save(blob, path)
     loaded = load_diffmask_checkpoint(path, model)
     assert loaded.settings["lambda_min"] == 0.0 and loaded.settings["lambda_init"] == 0.0
     assert loaded.settings["delivered_constraint"] is False  # trained without that hinge
+    assert loaded.settings["hinge_ratio"] == 1.0 and loaded.hinge_margin == loaded.margin
     with pytest.raises(ValueError, match="other DIFFMASK settings.*lambda_min"):
         train_diffmask(_diffmask(setup, probe_type="simple"), _loader(setup, 16), n_epochs=2,
                        output_dir=tmp_path, quiet=True)  # fmt: skip

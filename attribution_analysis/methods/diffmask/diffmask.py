@@ -541,7 +541,7 @@ class DIFFMASK(nn.Module):
 
         * ``sparsity``: :meth:`sparsity_term` (``l0``: mean P(z != 0); ``log_l0``: mean log);
         * ``constraint="per_example"`` (default): ``mean_i max(D_i - h, 0)`` with ``h =
-          hinge_ratio * m`` (``m`` by default); only examples beyond ``h`` push the gates
+          hinge_ratio * m`` (0.8 m by default); only examples beyond ``h`` push the gates
           open, so the constraint is met example by example rather than on average; with
           ``delivered_constraint`` (default) plus
           ``mean_i max(D'_i - h, 0)``, ``D'`` the divergence of the delivered (deterministic)
