@@ -170,37 +170,3 @@ def test_special_token_strings_in_titles_stay_text(tokenizer) -> None:
     ids = table.input_ids[1][table.attention_mask[1].bool()].tolist()
     assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
     assert tokenizer.sep_token_id not in ids[1:-1] and tokenizer.mask_token_id not in ids
-
-
-def test_length_groups_known_answer() -> None:
-    mask = torch.tensor(
-        [
-            [1, 1, 1, 0, 0],  # length 3
-            [1, 1, 1, 1, 1],  # 5
-            [1, 1, 0, 0, 0],  # 2
-            [1, 1, 1, 0, 0],  # 3
-            [1, 0, 1, 1, 0],  # a gap: the last real token decides (4)
-            [0, 0, 0, 0, 0],  # no real token: length 1
-        ]
-    )
-    groups = tokenization.length_groups(mask)
-    assert [(g.tolist(), n, f) for g, n, f in groups] == [
-        ([5], 1, True),
-        ([2], 2, True),
-        ([0, 3], 3, True),
-        ([4], 4, True),
-        ([1], 5, True),
-    ]
-    for rows, n, _ in groups:  # trimming drops padding only
-        assert mask[rows, n:].sum() == 0
-    flags = torch.tensor([True, False, True, False, True, True])
-    split = tokenization.length_groups(mask, flags)
-    assert [(g.tolist(), n, f) for g, n, f in split] == [
-        ([5], 1, True),
-        ([2], 2, True),
-        ([3], 3, False),
-        ([0], 3, True),
-        ([4], 4, True),
-        ([1], 5, False),
-    ]
-    assert tokenization.length_groups(torch.zeros(0, 4)) == []

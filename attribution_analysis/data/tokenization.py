@@ -61,29 +61,6 @@ class TokenTable:
         return ids[..., : max(length, 1)], mask[..., : max(length, 1)]
 
 
-def length_groups(
-    attention_mask: torch.Tensor, flags: torch.Tensor | None = None
-) -> list[tuple[torch.Tensor, int, bool]]:
-    """Rows of ``attention_mask [rows, tokens]`` grouped by their length (the position of the
-    last real token + 1), and by ``flags [rows]`` (bool) when given; shortest first.
-
-    Returns ``(row indices [group rows], length, flag)`` per group (``flag`` True without
-    ``flags``). Trimming a group's rows to its length drops padding only, so a batch can run
-    each group without padding (the same result: padding is masked out of every real token).
-    """
-    rows, width = attention_mask.shape
-    if rows == 0:
-        return []
-    real = attention_mask.bool()
-    lengths = torch.where(real.any(-1), width - real.flip(-1).to(torch.int64).argmax(-1), 1)
-    flag = torch.ones(rows, dtype=torch.bool) if flags is None else flags.bool().cpu()
-    key = lengths.cpu() * 2 + flag.to(torch.int64)
-    return [
-        (torch.nonzero(key == k).squeeze(1), k // 2, bool(k % 2))
-        for k in torch.unique(key).tolist()
-    ]
-
-
 def tokenizer_fingerprint(tokenizer) -> str:
     """A hash of what determines the tokenizer's output: class, vocabulary, special tokens."""
     digest = hashlib.sha256()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attribution_analysis.data.tokenization import TokenTable, length_groups
+from attribution_analysis.data.tokenization import TokenTable
 from attribution_analysis.models.history_cache import HistoryVectorCache
 from attribution_analysis.models.nrms import NRMS
 
@@ -94,31 +94,37 @@ def _encode_rows(
     plm_grad: torch.Tensor | None,
 ) -> torch.Tensor:
     """News vectors ``[rows, dim]`` of token-table ``rows``; the language model runs without
-    gradient where ``plm_grad [rows]`` (bool) is False (``None``: everywhere with gradient).
-
-    Titles of equal length are encoded together, without padding
-    (:func:`~attribution_analysis.data.tokenization.length_groups`): on titles of 8 to 14
-    tokens this skips about a fifth of the token positions, with the same vectors up to float
-    rounding (padding never reaches a real token).
-    """
+    gradient where ``plm_grad [rows]`` (bool) is False (``None``: everywhere with gradient)."""
     param = next(model.parameters())
     encoder = model.news_encoder
     ids, mask = table.rows(rows)
-    parts, order = [], []
-    for sel, length, grad in length_groups(mask, plm_grad):
-        m = mask[sel, :length].to(param.device)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and grad):
-            if lower_cache is not None:
-                x = lower_cache[rows[sel].to(lower_cache.device)][:, :length]
-                x = x.to(device=param.device, dtype=param.dtype)
-                top = encoder.run_layers(x, m, encoder.frozen_layers, encoder.num_layers)
-            else:
-                words = encoder.embed_words(ids[sel, :length].to(param.device))
-                top = encoder.plm_states(words, m)[-1]
-        parts.append(encoder.pool_tokens(top, m)[0])  # [group rows, dim]; the head learns
-        order.append(sel)
-    inverse = torch.argsort(torch.cat(order)).to(param.device)
-    return torch.cat(parts)[inverse]
+    ids, mask = ids.to(param.device), mask.to(param.device)
+    if lower_cache is not None:
+        states = lower_cache[rows.to(lower_cache.device)][:, : ids.shape[1]]
+        states = states.to(device=param.device, dtype=param.dtype)
+        start = encoder.frozen_layers
+    else:
+        states, start = None, 0
+
+    def plm(sel: torch.Tensor | None = None) -> torch.Tensor:
+        """The language model's top output for the rows ``sel`` selects (``None``: all, no
+        copy)."""
+        m = mask if sel is None else mask[sel]
+        if states is not None:
+            x = states if sel is None else states[sel]
+            return encoder.run_layers(x, m, start, encoder.num_layers)
+        return encoder.plm_states(encoder.embed_words(ids if sel is None else ids[sel]), m)[-1]
+
+    if plm_grad is None or bool(plm_grad.all()):
+        top = plm()
+    else:
+        with torch.no_grad():
+            fixed = plm(~plm_grad)  # [rows without gradient, tokens, hidden]
+        learning = plm(plm_grad)  # [rows with gradient, tokens, hidden]
+        top = learning.new_empty(len(rows), *learning.shape[1:]).detach()
+        top[~plm_grad] = fixed.to(top.dtype)
+        top = top.index_put((plm_grad,), learning)
+    return encoder.pool_tokens(top, mask)[0]
 
 
 class ClickScorer(nn.Module):
