@@ -417,7 +417,7 @@ class DIFFMASK(nn.Module):
     @property
     def hinge_margin(self) -> float:
         """Where the per-example hinge starts pushing: ``hinge_ratio * margin``."""
-        return self.margin * self.settings.get("hinge_ratio", 1.0)
+        return self.margin * self.settings["hinge_ratio"]
 
     def _hinge_only_gradient(self) -> bool:
         """Whether a training step's divergences enter the loss only through the hinge
@@ -444,10 +444,10 @@ class DIFFMASK(nn.Module):
 
         The hinge is flat where ``D_i < h``, so only the examples at or beyond it pass
         a gradient to the probe and the baseline. Every set's masked pass runs in one batch
-        without gradient, then again, with gradient, for the rows at the margin only (most of
-        a batch lies within the margin once training has settled): the loss's gradient is the
+        without gradient, then again, with gradient, for the rows at or beyond the hinge only
+        (most of a batch lies inside it once training has settled): the loss's gradient is the
         full pass's, up to float rounding, for a forward pass without autograd plus a small
-        one with it. Where no row is at the margin the result is still connected to the gates
+        one with it. Where no row reaches the hinge the result is still connected to the gates
         and the baseline (with zero gradient), so every parameter keeps a gradient as before.
         """
         kind = self.divergence_kind
@@ -550,11 +550,12 @@ class DIFFMASK(nn.Module):
         * ``constraint="mean"`` (the original DIFFMASK form): ``mean(D - m)``;
         * ``logit_penalty``: :meth:`logit_penalty` (keeps gate logits where gradients live).
         """
-        excess = step.divergence - self.margin
         if self.settings["constraint"] == "per_example":
             excess = (step.divergence - self.hinge_margin).clamp(min=0.0)
             if step.delivered_divergence is not None:
                 excess = excess + (step.delivered_divergence - self.hinge_margin).clamp(min=0.0)
+        else:
+            excess = step.divergence - self.margin
         return (
             self.sparsity_term(step)
             + self.lagrange_multiplier * excess.mean()
