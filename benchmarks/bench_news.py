@@ -16,7 +16,9 @@ the random method's scores. For each seed it
    original input), its predicted non-clicks, and all of them;
 3. evaluates every method's faithfulness and plausibility (``evaluate_methods``) under two
    removals: ``mask`` (the [MASK] id) and ``baseline`` (this seed's learned DIFFMASK baseline
-   embedding), on the same three subsets.
+   embedding), on the same three subsets; besides the removal curves and plausibility, where
+   each method ranks the tokens that support and those that oppose the decision (their
+   leave-one-out effects, ``effect_sign_ranks``).
 
 Attributions of the seed-independent methods (IG, saliency, leave-one-out, ...) are computed
 once and replayed, and their ``mask`` metrics are computed once; only their ``baseline`` metrics
@@ -98,6 +100,8 @@ METHOD_METRICS = {
     "sufficiency_aopc": "suff. AOPC ↓",
     "deletion_auc": "deletion AUC ↓",
     "insertion_auc": "insertion AUC ↑",
+    "supporting_rank": "supporting rank ↓",
+    "opposing_rank": "opposing rank ↑",
     "auprc": "AUPRC ↑",
     "token_f1": "token F1 ↑",
 }
@@ -475,7 +479,11 @@ def markdown(report: dict) -> str:
     lines += [
         "Removals: "
         + "; ".join(f"`{r}`: {text}" for r, text in s["removals"].items())
-        + ". Every metric explains the model's decision on the original input.",
+        + ". Every metric explains the model's decision on the original input. "
+        "Supporting / opposing rank: where the ranking puts the tokens whose removal lowers / "
+        "raises the decision's probability by more than 0.01 (leave-one-out under that "
+        "removal), as a relative rank (0 = first, 1 = last); an unsigned ranking puts both "
+        "groups at about the same rank, the removal curves reward opposing tokens last.",
         "",
         "## Wall time",
         "",

@@ -13,6 +13,7 @@ from attribution_analysis.evaluation.faithfulness import (
     comprehensiveness_sufficiency,
     comprehensiveness_sufficiency_from_curves,
     deletion_insertion_curves,
+    effect_sign_ranks,
     leave_one_out_effects,
     leave_one_out_kendall,
     sparsity_metrics,
@@ -168,6 +169,48 @@ def test_leave_one_out_kendall_on_additive_model():
     assert math.isnan(leave_one_out_kendall(LinearModel(WEIGHTS[:3], one), WEIGHTS[:3], one))
 
 
+def test_effect_sign_ranks_by_hand():
+    # Scorable positions 1..5 with leave-one-out effects (+0.3, -0.2, +0.005, -0.05, +0.02):
+    # supporting = positions 1 and 5, opposing = positions 2 and 4, position 3 in neither.
+    scorable = torch.tensor([False, True, True, True, True, True, False])
+    effects = np.array([0.3, -0.2, 0.005, -0.05, 0.02])
+    scores = torch.tensor([9.0, 0.9, 0.1, 0.5, 0.3, 0.7, 9.0])  # order: 1, 5, 3, 4, 2
+    ranks = effect_sign_ranks(scores, scorable, effects)
+    assert ranks["supporting_rank"] == pytest.approx((0 / 4 + 1 / 4) / 2)
+    assert ranks["opposing_rank"] == pytest.approx((4 / 4 + 3 / 4) / 2)
+    assert (ranks["n_supporting"], ranks["n_opposing"]) == (2.0, 2.0)
+    # The reverse ranking swaps the ends; a tie keeps position order (1, 2, 3, 4, 5).
+    reverse = effect_sign_ranks(-scores, scorable, effects)
+    assert reverse["supporting_rank"] == pytest.approx((4 / 4 + 3 / 4) / 2)
+    assert reverse["opposing_rank"] == pytest.approx((0 / 4 + 1 / 4) / 2)
+    tied = effect_sign_ranks(torch.zeros(7), scorable, effects)
+    assert tied["supporting_rank"] == pytest.approx((0 / 4 + 4 / 4) / 2)
+    assert tied["opposing_rank"] == pytest.approx((1 / 4 + 3 / 4) / 2)
+    # The threshold decides membership: with 0.1 only positions 1 and 2 count.
+    strict = effect_sign_ranks(scores, scorable, effects, threshold=0.1)
+    assert strict["supporting_rank"] == pytest.approx(0.0)
+    assert strict["opposing_rank"] == pytest.approx(1.0)
+
+
+def test_effect_sign_ranks_on_additive_model_and_edge_cases():
+    signed = WEIGHTS - 0.08  # positions with weight 0.3, 0.1, 0.2, 0.15 support, others oppose
+    model = LinearModel(signed, SCORABLE)
+    effects = leave_one_out_effects(model, SCORABLE)
+    best = effect_sign_ranks(signed, SCORABLE, effects)
+    unsigned = effect_sign_ranks(signed.abs(), SCORABLE, effects)
+    assert best["supporting_rank"] < unsigned["supporting_rank"]
+    assert best["opposing_rank"] > unsigned["opposing_rank"]
+    assert best["opposing_rank"] > best["supporting_rank"]
+    none = effect_sign_ranks(signed, SCORABLE, np.zeros(8))
+    assert math.isnan(none["supporting_rank"]) and math.isnan(none["opposing_rank"])
+    one = torch.tensor([False, True, False])
+    assert math.isnan(effect_sign_ranks(WEIGHTS[:3], one, [0.5])["supporting_rank"])
+    with pytest.raises(ValueError, match="one value per scorable position"):
+        effect_sign_ranks(signed, SCORABLE, np.zeros(7))
+    with pytest.raises(ValueError, match="threshold"):
+        effect_sign_ranks(signed, SCORABLE, effects, threshold=-1.0)
+
+
 def test_sparsity_metrics():
     scorable = torch.tensor([True] * 5 + [False])
     uniform = sparsity_metrics(torch.tensor([-1.0, 1.0, 1.0, 1.0, 1.0, 50.0]), scorable)
@@ -209,7 +252,7 @@ def test_metric_registry_covers_every_reported_metric():
         "auprc", "token_f1", "comprehensiveness_aopc", "sufficiency_aopc", "deletion_auc",
         "insertion_auc", "loo_kendall", "gini", "entropy", "auc", "mrr", "ndcg@5", "ndcg@10",
         "seconds_per_example", "completeness_error", "sanity_spearman", "within_margin_share",
-        "kept_share",
+        "kept_share", "supporting_rank", "opposing_rank",
     }  # fmt: skip
     assert expected <= set(METRICS)
     for name, spec in METRICS.items():
@@ -219,3 +262,5 @@ def test_metric_registry_covers_every_reported_metric():
     assert not METRICS["deletion_auc"].higher_is_better
     assert not METRICS["sanity_spearman"].higher_is_better
     assert METRICS["insertion_auc"].higher_is_better
+    assert METRICS["opposing_rank"].higher_is_better
+    assert not METRICS["supporting_rank"].higher_is_better

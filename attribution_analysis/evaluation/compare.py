@@ -17,6 +17,7 @@ from attribution_analysis.evaluation.faithfulness import (
     ERASER_FRACTIONS,
     comprehensiveness_sufficiency_from_curves,
     deletion_insertion_curves,
+    effect_sign_ranks,
     leave_one_out_effects,
     sparsity_metrics,
 )
@@ -82,6 +83,9 @@ def _example_metrics(ev: MethodEvaluation, predict, scores, scorable, effects, g
     ev.deletion.append(_on_grid(curves["x"], curves["deletion"]))
     ev.insertion.append(_on_grid(curves["x"], curves["insertion"]))
     ev.add("loo_kendall", _kendall(scores[scorable].numpy(), effects))
+    signs = effect_sign_ranks(scores, scorable, effects)
+    ev.add("supporting_rank", signs["supporting_rank"])
+    ev.add("opposing_rank", signs["opposing_rank"])
     ev.add("gini", sparsity_metrics(scores, scorable)["gini"])
     if gold is not None:
         g = np.asarray(gold)[scorable.numpy()]

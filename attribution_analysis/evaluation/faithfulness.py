@@ -263,6 +263,65 @@ def leave_one_out_kendall(
     return float(kendalltau(values, effects)[0])
 
 
+EFFECT_THRESHOLD = 0.01
+"""Leave-one-out effect (probability of the decision) from which a token counts as supporting
+(``> threshold``) or opposing (``< -threshold``) the decision in :func:`effect_sign_ranks`."""
+
+
+def effect_sign_ranks(
+    scores: torch.Tensor,
+    scorable: torch.Tensor,
+    effects: torch.Tensor | np.ndarray,
+    threshold: float = EFFECT_THRESHOLD,
+) -> dict[str, float]:
+    """Where a ranking puts the tokens that support and those that oppose the decision.
+
+    A token's relative rank is its place in :func:`attribution_order` divided by
+    ``n_scorable - 1``: 0 = ranked first, 1 = ranked last. ``effects`` are the leave-one-out
+    effects p(x) - p(x without i) of the scorable positions in position order (as
+    :func:`leave_one_out_effects` returns them): a token *supports* the decision when its effect
+    exceeds ``threshold`` (removing it lowers p) and *opposes* it when its effect is below
+    ``-threshold`` (removing it raises p).
+
+    * ``supporting_rank``: mean relative rank of the supporting tokens, range [0, 1], lower is
+      better;
+    * ``opposing_rank``: mean relative rank of the opposing tokens, range [0, 1], higher is
+      better (removal curves reward ranking them last: deleted early they raise p, kept in a
+      top-k set they lower it);
+    * ``n_supporting``, ``n_opposing``: how many tokens each mean is over.
+
+    A rank is nan when its group is empty or fewer than 2 tokens are scorable. An unsigned
+    ranking that says nothing about the sign puts both groups at about the same rank.
+    """
+    _check_inputs(scores, scorable)
+    effects = np.asarray(effects, dtype=float)
+    n = int(scorable.sum())
+    if effects.shape != (n,):
+        raise ValueError(
+            f"effects must have one value per scorable position ({n}), got shape {effects.shape}"
+        )
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    supporting, opposing = effects > threshold, effects < -threshold
+    result = {
+        "supporting_rank": math.nan,
+        "opposing_rank": math.nan,
+        "n_supporting": float(supporting.sum()),
+        "n_opposing": float(opposing.sum()),
+    }
+    if n < 2:
+        return result
+    positions = torch.nonzero(scorable, as_tuple=False).flatten().cpu().numpy()
+    order = attribution_order(scores, scorable).cpu().numpy()
+    place = {int(p): i for i, p in enumerate(order)}
+    relative = np.array([place[int(p)] for p in positions], dtype=float) / (n - 1)
+    if supporting.any():
+        result["supporting_rank"] = float(relative[supporting].mean())
+    if opposing.any():
+        result["opposing_rank"] = float(relative[opposing].mean())
+    return result
+
+
 def sparsity_metrics(
     scores: torch.Tensor, scorable: torch.Tensor, top_fraction: float = 0.2
 ) -> dict[str, float]:

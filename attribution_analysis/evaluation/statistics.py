@@ -98,6 +98,22 @@ METRICS: dict[str, MetricSpec] = {
             True,
             "Kendall tau between scores and the leave-one-out effects p(x) - p(x without i).",
         ),
+        _spec(
+            "supporting_rank",
+            0,
+            1,
+            False,
+            "Mean relative rank (0 = first, 1 = last) of the tokens whose removal lowers the "
+            "decision's probability by more than 0.01 (leave-one-out).",
+        ),
+        _spec(
+            "opposing_rank",
+            0,
+            1,
+            True,
+            "Mean relative rank (0 = first, 1 = last) of the tokens whose removal raises the "
+            "decision's probability by more than 0.01 (leave-one-out).",
+        ),
         # Sparsity of |scores|.
         _spec("gini", 0, 1, True, "Gini coefficient of |scores|; higher = more concentrated."),
         _spec("entropy", 0, 1, False, "Entropy of |scores| normalised by log(n); lower = sparser."),
