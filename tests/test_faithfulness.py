@@ -211,6 +211,19 @@ def test_effect_sign_ranks_on_additive_model_and_edge_cases():
         effect_sign_ranks(signed, SCORABLE, effects, threshold=-1.0)
 
 
+def test_every_compared_method_records_its_sign_ranks():
+    from attribution_analysis.evaluation.compare import MethodEvaluation, _example_metrics
+
+    signed = WEIGHTS - 0.08
+    model = LinearModel(signed, SCORABLE)
+    effects = leave_one_out_effects(model, SCORABLE).numpy()
+    ev = MethodEvaluation("m")
+    _example_metrics(ev, model, signed, SCORABLE, effects, None)
+    expected = effect_sign_ranks(signed, SCORABLE, effects)
+    assert ev.values["supporting_rank"] == [pytest.approx(expected["supporting_rank"])]
+    assert ev.values["opposing_rank"] == [pytest.approx(expected["opposing_rank"])]
+
+
 def test_sparsity_metrics():
     scorable = torch.tensor([True] * 5 + [False])
     uniform = sparsity_metrics(torch.tensor([-1.0, 1.0, 1.0, 1.0, 1.0, 50.0]), scorable)
