@@ -482,8 +482,8 @@ def markdown(report: dict) -> str:
         + ". Every metric explains the model's decision on the original input. "
         "Supporting / opposing rank: where the ranking puts the tokens whose removal lowers / "
         "raises the decision's probability by more than 0.01 (leave-one-out under that "
-        "removal), as a relative rank (0 = first, 1 = last); an unsigned ranking puts both "
-        "groups at about the same rank, the removal curves reward opposing tokens last.",
+        "removal), as a relative rank (0 = first, 1 = last); random ranks both groups at "
+        "about 0.5, the removal curves reward supporting tokens first and opposing ones last.",
         "",
         "## Wall time",
         "",

@@ -290,8 +290,9 @@ def effect_sign_ranks(
       top-k set they lower it);
     * ``n_supporting``, ``n_opposing``: how many tokens each mean is over.
 
-    A rank is nan when its group is empty or fewer than 2 tokens are scorable. An unsigned
-    ranking that says nothing about the sign puts both groups at about the same rank.
+    A rank is nan when its group is empty or fewer than 2 tokens are scorable. A random ranking
+    puts both groups at about 0.5; one by the size of the effect whatever its sign puts both
+    early.
     """
     _check_inputs(scores, scorable)
     effects = np.asarray(effects, dtype=float)
