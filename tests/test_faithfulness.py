@@ -193,10 +193,13 @@ def test_effect_sign_ranks_by_hand():
 
 
 def test_effect_sign_ranks_on_additive_model_and_edge_cases():
-    signed = WEIGHTS - 0.08  # positions with weight 0.3, 0.1, 0.2, 0.15 support, others oppose
+    # Effects 0.22, -0.06, 0.02, -0.08, 0.12, -0.07, -0.01, 0.07: four support, three oppose,
+    # -0.01 (position 7) is in neither group.
+    signed = WEIGHTS - 0.08
     model = LinearModel(signed, SCORABLE)
     effects = leave_one_out_effects(model, SCORABLE)
     best = effect_sign_ranks(signed, SCORABLE, effects)
+    assert (best["n_supporting"], best["n_opposing"]) == (4.0, 3.0)
     unsigned = effect_sign_ranks(signed.abs(), SCORABLE, effects)
     assert best["supporting_rank"] < unsigned["supporting_rank"]
     assert best["opposing_rank"] > unsigned["opposing_rank"]
@@ -209,6 +212,11 @@ def test_effect_sign_ranks_on_additive_model_and_edge_cases():
         effect_sign_ranks(signed, SCORABLE, np.zeros(7))
     with pytest.raises(ValueError, match="threshold"):
         effect_sign_ranks(signed, SCORABLE, effects, threshold=-1.0)
+    with pytest.raises(ValueError, match="threshold"):
+        effect_sign_ranks(signed, SCORABLE, effects, threshold=math.nan)
+    # Effects that need a gradient (or live on another device) are read as plain numbers.
+    grad = effect_sign_ranks(signed, SCORABLE, effects.clone().requires_grad_(True))
+    assert grad["opposing_rank"] == pytest.approx(best["opposing_rank"])
 
 
 def test_every_compared_method_records_its_sign_ranks():

@@ -290,18 +290,21 @@ def effect_sign_ranks(
       top-k set they lower it);
     * ``n_supporting``, ``n_opposing``: how many tokens each mean is over.
 
-    A rank is nan when its group is empty or fewer than 2 tokens are scorable. A random ranking
+    A nan effect counts in neither group. A rank is nan when its group is empty or fewer than
+    2 tokens are scorable. A random ranking
     puts both groups at about 0.5; one by the size of the effect whatever its sign puts both
     early.
     """
     _check_inputs(scores, scorable)
+    if isinstance(effects, torch.Tensor):
+        effects = effects.detach().cpu().double().numpy()
     effects = np.asarray(effects, dtype=float)
     n = int(scorable.sum())
     if effects.shape != (n,):
         raise ValueError(
             f"effects must have one value per scorable position ({n}), got shape {effects.shape}"
         )
-    if threshold < 0:
+    if not threshold >= 0:  # also refuses nan
         raise ValueError(f"threshold must be >= 0, got {threshold}")
     supporting, opposing = effects > threshold, effects < -threshold
     result = {
