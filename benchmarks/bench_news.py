@@ -68,6 +68,7 @@ from attribution_analysis.evaluation.compare import (
     evaluate_methods,
     subset_evaluation,
 )
+from attribution_analysis.evaluation.faithfulness import EFFECT_THRESHOLD
 from attribution_analysis.evaluation.removal import OPERATIONS
 from attribution_analysis.methods.diffmask.train_diffmask import extract_attributions_diffmask
 from attribution_analysis.methods.registry import parse_method_list
@@ -481,9 +482,10 @@ def markdown(report: dict) -> str:
         + "; ".join(f"`{r}`: {text}" for r, text in s["removals"].items())
         + ". Every metric explains the model's decision on the original input. "
         "Supporting / opposing rank: where the ranking puts the tokens whose removal lowers / "
-        "raises the decision's probability by more than 0.01 (leave-one-out under that "
-        "removal), as a relative rank (0 = first, 1 = last); random ranks both groups at "
-        "about 0.5, the removal curves reward supporting tokens first and opposing ones last.",
+        f"raises the decision's probability by more than {EFFECT_THRESHOLD} (leave-one-out "
+        "under that removal), as a relative rank (0 = first, 1 = last); random ranks both "
+        "groups at about 0.5, the removal curves reward supporting tokens first and opposing "
+        "ones last.",
         "",
         "## Wall time",
         "",

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attribution_analysis.evaluation.faithfulness import EFFECT_THRESHOLD
+
 _MAX_DRAWS_PER_CHUNK = 10_000_000
 
 
@@ -104,7 +106,7 @@ METRICS: dict[str, MetricSpec] = {
             1,
             False,
             "Mean relative rank (0 = first, 1 = last) of the tokens whose removal lowers the "
-            "decision's probability by more than 0.01 (leave-one-out).",
+            f"decision's probability by more than {EFFECT_THRESHOLD} (leave-one-out).",
         ),
         _spec(
             "opposing_rank",
@@ -112,7 +114,7 @@ METRICS: dict[str, MetricSpec] = {
             1,
             True,
             "Mean relative rank (0 = first, 1 = last) of the tokens whose removal raises the "
-            "decision's probability by more than 0.01 (leave-one-out).",
+            f"decision's probability by more than {EFFECT_THRESHOLD} (leave-one-out).",
         ),
         # Sparsity of |scores|.
         _spec("gini", 0, 1, True, "Gini coefficient of |scores|; higher = more concentrated."),
