@@ -162,9 +162,10 @@ class ProbeConfig:
     probe_hidden_dim: int | None = None  # width of each probe's hidden layer; None: half of its
     # input (hidden size for the vote, whose probes read two states; hidden size // 2 otherwise)
     probe_init_bias: float = 3.0  # initial gate logit: every gate starts open, P(z != 0) ~ 0.99
-    probe_context: str = "none"  # "user": every probe also reads the explained model's
+    probe_context: str = "auto"  # "user": every probe also reads the explained model's
     # per-example context vector (NRMS: the user vector), so the same title may be explained
-    # differently for different users; "none": the title's hidden states only
+    # differently for different users; "none": the title's hidden states only; "auto": "user"
+    # where the model has a context vector (NRMS), else "none"
 
 
 @dataclass

@@ -313,4 +313,4 @@ def test_model_comparison_min_diff_is_checked() -> None:
 def test_probe_context_is_a_probe_setting() -> None:
     cfg = from_dict(DiffMaskConfig, {"probe": {"probe_context": "user"}})
     assert cfg.constructor_kwargs()["probe_context"] == "user"
-    assert from_dict(DiffMaskConfig, {}).probe.probe_context == "none"
+    assert from_dict(DiffMaskConfig, {}).probe.probe_context == "auto"

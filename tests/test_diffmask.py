@@ -199,7 +199,9 @@ def test_readouts_and_keep_probability_closed_form(setup):
     words = dm.adapter.embed(ids)
     ctx = {"history_emb": batch["history_emb"], "history_mask": batch["history_mask"]}
     hidden = dm.adapter.forward(words, mask, ctx, output_hidden_states=True).hidden_states
-    log_alpha = dm.probe.log_alpha(hidden)
+    assert dm.settings["probe_context"] == "user"  # the default on NRMS: the probe reads the user
+    user = dm.adapter.context_vector(dm.adapter.prepare_context(ctx))  # [batch, user dim]
+    log_alpha = dm.probe.log_alpha(hidden, context=user)
     gamma, zeta, beta = -0.1, 1.1, 2 / 3
     expected = torch.sigmoid(log_alpha - beta * math.log(-gamma / zeta)).prod(0)
     scorable = dm.scorable_mask(ids, mask)
@@ -605,6 +607,12 @@ def test_probe_context_user_is_refused_without_a_context_vector_and_kept_in_chec
         DIFFMASK(KeyTokenModel(), probe_context="user")
     with pytest.raises(ValueError, match="probe_context must be one of"):
         DIFFMASK(KeyTokenModel(), probe_context="history")
+    # The default "auto": the user vector where the model has one, the title only otherwise;
+    # the settings (and so checkpoints) record what it resolved to.
+    assert DIFFMASK(KeyTokenModel()).settings["probe_context"] == "none"
+    assert DIFFMASK(UserKeyModel()).settings["probe_context"] == "user"
+    assert _diffmask(setup).settings["probe_context"] == "user"
+    assert _diffmask(setup, probe_context="none").settings["probe_context"] == "none"
     model = setup[2]
     dm = _diffmask(setup, probe_context="user")
     history = train_diffmask(dm, _loader(setup, 16), n_epochs=1, output_dir=tmp_path, quiet=True)

@@ -51,7 +51,7 @@ _PROBE, _GATES, _OBJECTIVE = ProbeConfig(), GateConfig(), ObjectiveConfig()
 """The config sections whose fields are the constructor's defaults (one source of truth)."""
 
 PROBE_TYPES = ("simple", "layerwise")
-PROBE_CONTEXTS = ("none", "user")
+PROBE_CONTEXTS = ("auto", "none", "user")
 NON_CONSTRUCTOR_SETTINGS = ("explained_model", "baseline_used")
 """Keys of ``DIFFMASK.settings`` that are recorded but are not constructor arguments."""
 READOUTS = ("keep_probability", "sigmoid", "deterministic")
@@ -171,7 +171,7 @@ class DIFFMASK(nn.Module):
         hidden_dim = adapter.hidden_size
         self._check_choices(probe_type, readout, baseline_init, mask_layer, adapter)
         divergence = adapter.check_divergence(divergence or adapter.default_divergence)
-        self._check_probe_context(probe_context, adapter)
+        probe_context = self._resolve_probe_context(probe_context, adapter)
         if constraint not in CONSTRAINTS:
             raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {constraint!r}")
         if sparsity_loss not in SPARSITY_LOSSES:
@@ -258,7 +258,10 @@ class DIFFMASK(nn.Module):
             raise ValueError(f"mask_layer must be in [0, {adapter.num_layers}], got {mask_layer}")
 
     @staticmethod
-    def _check_probe_context(probe_context: str, adapter: ExplainedModel) -> None:
+    def _resolve_probe_context(probe_context: str, adapter: ExplainedModel) -> str:
+        """``"auto"`` becomes ``"user"`` for a model with a per-example context vector (NRMS:
+        an explanation of a (user, candidate) decision) and ``"none"`` otherwise; ``"user"`` is
+        refused for a model without one."""
         if probe_context not in PROBE_CONTEXTS:
             raise ValueError(
                 f"probe_context must be one of {PROBE_CONTEXTS}, got {probe_context!r}"
@@ -268,6 +271,9 @@ class DIFFMASK(nn.Module):
                 f"probe_context='user' needs a model with a per-example context vector (NRMS's "
                 f"user vector); the explained model ({adapter.name}) has none"
             )
+        if probe_context == "auto":
+            return "user" if adapter.context_vector_size > 0 else "none"
+        return probe_context
 
     def _build_probe(self, adapter: ExplainedModel, probe_hidden_dim: int | None) -> nn.Module:
         s = self.settings
