@@ -54,14 +54,6 @@ def read_checkpoint(path: str | Path) -> dict:
         )
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a DIFFMASK checkpoint (format {CHECKPOINT_FORMAT})")
-    if blob["settings"].get("probe_context") == "user" and not any(
-        key.endswith(".context.weight") for key in blob["state"]
-    ):
-        raise ValueError(
-            f"{path}: a per-user DIFFMASK probe of an earlier layout (the user vector "
-            "concatenated to every token's features), which this version (the user vector "
-            "projected once per example) cannot load; train a new one"
-        )
     return blob
 
 

@@ -60,18 +60,11 @@ class ProbeLayer(nn.Module):
     multiplier can never move again (a "dead" gate). Logits are instead kept in a range where
     gradients flow by the objective's ``logit_decay`` term (see ``DIFFMASK.lagrangian``).
 
-    With a per-example context vector ``c`` (``context_dim > 0``, e.g. NRMS's user vector,
-    normalised by the caller), the hidden layer is ``act(W1 norm(x) + b1 + Wc c)``: ``Wc c``
-    ``[batch, width]`` is computed once per example and added to every token's pre-activation,
-    so reading the context costs ``context_dim x width`` a title, not a token. ``Wc`` starts at
-    zero: the probe starts as the one without a context.
-
     Args:
-        input_dim: feature size of the input (per token).
+        input_dim: feature size of the input.
         width: MLP width (hidden units); default ``max(input_dim // 2, 16)``.
         init_bias: initial value of every logit.
         activation: ``"gelu"`` or ``"tanh"`` (hidden layer only).
-        context_dim: size of the per-example context vector; 0: none.
     """
 
     def __init__(
@@ -80,7 +73,6 @@ class ProbeLayer(nn.Module):
         width: int | None = None,
         init_bias: float = 3.0,
         activation: str = "gelu",
-        context_dim: int = 0,
     ) -> None:
         super().__init__()
         if input_dim <= 0:
@@ -102,21 +94,12 @@ class ProbeLayer(nn.Module):
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
-        self.context_dim = context_dim
-        self.context = nn.Linear(context_dim, width, bias=False) if context_dim else None
-        if self.context is not None:
-            nn.init.zeros_(self.context.weight)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """``x [batch, tokens, input_dim]`` (and ``context [batch, context_dim]`` when the
-        layer reads one) -> logits ``log_alpha`` ``[batch, tokens]``."""
+    def forward(self, x: Tensor) -> Tensor:
+        """``[batch, tokens, input_dim]`` -> logits ``log_alpha`` ``[batch, tokens]``."""
         if x.shape[-1] != self.input_dim:
             raise ValueError(f"ProbeLayer expects last dim {self.input_dim}, got {tuple(x.shape)}")
-        _check_context(context, self.context_dim, len(x))
-        hidden = self.mlp[0](self.norm(x))  # [batch, tokens, width]
-        if self.context is not None:
-            hidden = hidden + self.context(context.to(hidden.dtype))[:, None, :]
-        return self.mlp[2](self.mlp[1](hidden)).squeeze(-1) + self.bias
+        return self.mlp(self.norm(x)).squeeze(-1) + self.bias
 
 
 def _keep_probability(log_prob_nonzero: Tensor, mask: Tensor) -> Tensor:
@@ -125,25 +108,23 @@ def _keep_probability(log_prob_nonzero: Tensor, mask: Tensor) -> Tensor:
     return torch.where(keep, log_prob_nonzero.exp(), torch.zeros_like(log_prob_nonzero))
 
 
-def _check_context(context: Tensor | None, context_dim: int, batch: int) -> None:
-    """Refuse a context vector where none is read, or one not ``[batch, context_dim]``."""
+def _with_context(
+    features: Tensor, context: Tensor | None, context_dim: int, norm: nn.Module | None
+) -> Tensor:
+    """``features [batch, tokens, f]`` -> ``[batch, tokens, f + context_dim]``: each token's
+    features followed by its example's normalised context vector ``[batch, context_dim]``
+    (unchanged when ``context_dim`` is 0)."""
     if context_dim == 0:
         if context is not None:
             raise ValueError("this probe reads no context vector, but one was given")
-        return
-    if context is None or context.dim() != 2 or context.shape != (batch, context_dim):
+        return features
+    if context is None or context.dim() != 2 or context.shape != (len(features), context_dim):
         shape = None if context is None else tuple(context.shape)
         raise ValueError(
-            f"this probe reads a context vector [batch={batch}, {context_dim}], got {shape}"
+            f"this probe reads a context vector [batch={len(features)}, {context_dim}], got {shape}"
         )
-
-
-def _normalised_context(
-    context: Tensor | None, context_dim: int, norm: nn.LayerNorm | None, batch: int
-) -> Tensor | None:
-    """The layer-normalised context vector ``[batch, context_dim]`` (``None`` without one)."""
-    _check_context(context, context_dim, batch)
-    return None if norm is None else norm(context.to(norm.weight.dtype))
+    ctx = norm(context.to(features.dtype))[:, None, :].expand(-1, features.shape[1], -1)
+    return torch.cat([features, ctx], dim=-1)
 
 
 def _check_hidden(state: Tensor, hidden_dim: int, index: int) -> None:
@@ -163,9 +144,8 @@ class SimpleProbeNetwork(nn.Module):
         layer: index into ``hidden_states`` (default -1, the last layer).
         gates: default :class:`StochasticGates` used when ``forward`` gets none; its temperature
             and limits also define :meth:`keep_probability`.
-        context_dim: size of a per-example context vector (e.g. NRMS's user vector),
-            layer-normalised and projected once per example into the probe's hidden layer
-            (:class:`ProbeLayer`); 0: none.
+        context_dim: size of a per-example context vector (e.g. NRMS's user vector) read next
+            to each token's state (layer-normalised); 0: none.
         **probe_kwargs: passed to :class:`ProbeLayer`.
     """
 
@@ -184,7 +164,7 @@ class SimpleProbeNetwork(nn.Module):
         self.context_dim = context_dim
         self.gates = gates if gates is not None else StochasticGates()
         self.context_norm = nn.LayerNorm(context_dim) if context_dim else None
-        self.probe = ProbeLayer(hidden_dim, context_dim=context_dim, **probe_kwargs)
+        self.probe = ProbeLayer(hidden_dim + context_dim, **probe_kwargs)
 
     def extra_repr(self) -> str:
         return f"hidden_dim={self.hidden_dim}, layer={self.layer}, context_dim={self.context_dim}"
@@ -199,8 +179,7 @@ class SimpleProbeNetwork(nn.Module):
             )
         state = hidden_states[self.layer]
         _check_hidden(state, self.hidden_dim, self.layer)
-        ctx = _normalised_context(context, self.context_dim, self.context_norm, len(state))
-        return self.probe(state, ctx)
+        return self.probe(_with_context(state, context, self.context_dim, self.context_norm))
 
     def forward(
         self,
@@ -258,8 +237,7 @@ class ProbeNetwork(nn.Module):
         gates: default :class:`StochasticGates` used when ``forward`` gets none; its temperature
             and limits also define :meth:`keep_probability`.
         context_dim: size of a per-example context vector (e.g. NRMS's user vector) that every
-            probe reads with ``[h(0); h(k)]`` (layer-normalised once, projected once per
-            example into each probe's hidden layer: :class:`ProbeLayer`); 0: none.
+            probe reads next to ``[h(0); h(k)]`` (layer-normalised once); 0: none.
         **probe_kwargs: passed to each :class:`ProbeLayer`.
     """
 
@@ -281,7 +259,7 @@ class ProbeNetwork(nn.Module):
         self.gates = gates if gates is not None else StochasticGates()
         self.context_norm = nn.LayerNorm(context_dim) if context_dim else None
         self.probes = nn.ModuleList(
-            ProbeLayer(2 * hidden_dim, context_dim=context_dim, **probe_kwargs)
+            ProbeLayer(2 * hidden_dim + context_dim, **probe_kwargs)
             for _ in range(num_probe_layers)
         )
 
@@ -321,12 +299,12 @@ class ProbeNetwork(nn.Module):
             )
         embeddings = hidden_states[0]
         _check_hidden(embeddings, self.hidden_dim, 0)
-        ctx = _normalised_context(context, self.context_dim, self.context_norm, len(embeddings))
         logits = []
         for k in range(n_probes):
             _check_hidden(hidden_states[k], self.hidden_dim, k)
             features = torch.cat([embeddings, hidden_states[k]], dim=-1)
-            logits.append(self.probes[k](features, ctx))
+            features = _with_context(features, context, self.context_dim, self.context_norm)
+            logits.append(self.probes[k](features))
         return torch.stack(logits, dim=0)
 
     def forward(
