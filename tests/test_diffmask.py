@@ -370,22 +370,27 @@ def test_attributions_read_the_same_hidden_states_as_the_full_forward(setup):
 def test_a_checkpoint_from_before_the_lambda_floor_loads_without_one(setup, tmp_path):
     """Checkpoints written before ``lambda_min`` existed were trained without a floor: they
     load with ``lambda_min = 0`` (even with ``lambda_init = 0``), and resuming such a run with
-    the floor is refused as other settings."""
+    the floor is refused as other settings. The same for ``probe_context`` (title-only
+    before it existed; resuming with the default ``auto``, per-user on NRMS, is refused with
+    the setting that resumes it)."""
     tok, _, model, _ = setup
     dm = _diffmask(setup, probe_type="simple", lambda_min=0.0, lambda_init=0.0,
-                   delivered_constraint=False)  # fmt: skip
+                   delivered_constraint=False, probe_context="none")  # fmt: skip
     train_diffmask(dm, _loader(setup, 16), n_epochs=1, output_dir=tmp_path, quiet=True)
     path = tmp_path / "checkpoints" / "diffmask_epoch_1.pt"
     blob = torch.load(path, weights_only=True)
     del blob["settings"]["lambda_min"]
     del blob["settings"]["delivered_constraint"]
     del blob["settings"]["hinge_ratio"]
+    del blob["settings"]["probe_context"]
     torch.save(blob, path)
     loaded = load_diffmask_checkpoint(path, model)
     assert loaded.settings["lambda_min"] == 0.0 and loaded.settings["lambda_init"] == 0.0
     assert loaded.settings["delivered_constraint"] is False  # trained without that hinge
     assert loaded.settings["hinge_ratio"] == 1.0 and loaded.hinge_margin == loaded.margin
-    with pytest.raises(ValueError, match="other DIFFMASK settings.*lambda_min"):
+    assert loaded.settings["probe_context"] == "none" and loaded.probe.context_dim == 0
+    resume_hint = "set diffmask.probe.probe_context: none to resume"
+    with pytest.raises(ValueError, match=f"other DIFFMASK settings.*lambda_min.*{resume_hint}"):
         train_diffmask(_diffmask(setup, probe_type="simple"), _loader(setup, 16), n_epochs=2,
                        output_dir=tmp_path, quiet=True)  # fmt: skip
 

@@ -154,7 +154,14 @@ def check_same_settings(saved: dict, current: dict, path: Path) -> None:
     keys = sorted((set(saved) | set(current)) - {"baseline_used"})
     diff = [k for k in keys if saved.get(k) != current.get(k)]
     if diff:
+        hint = ""
+        if "probe_context" in diff:
+            hint = (
+                f" (probe_context: the folder's {saved.get('probe_context')!r}, now "
+                f"{current.get('probe_context')!r}; the default 'auto' reads the user vector on "
+                f"NRMS: set diffmask.probe.probe_context: {saved.get('probe_context')} to resume)"
+            )
         raise ValueError(
             f"{path}: this run folder was trained with other DIFFMASK settings "
-            f"({', '.join(diff)}); use a new run folder"
+            f"({', '.join(diff)}){hint}; use a new run folder"
         )

@@ -327,7 +327,7 @@ class DIFFMASK(nn.Module):
     def _probe_context(self, context: Context) -> torch.Tensor | None:
         """The context vector the probe reads, ``[batch, dim]`` (``None`` unless
         ``probe_context="user"``); ``context`` is prepared."""
-        if self.settings["probe_context"] == "none":
+        if self.settings["probe_context"] != "user":
             return None
         return self.adapter.context_vector(context).detach()
 
@@ -668,7 +668,7 @@ class DIFFMASK(nn.Module):
         with eval_mode(adapter.model):  # dropout off: attributions are deterministic
             words = adapter.embed(input_ids)
             hidden = adapter.hidden_states(words, attention_mask, ctx)
-            if self.settings["probe_context"] != "none":
+            if self.settings["probe_context"] == "user":
                 ctx = adapter.prepare_context(ctx)
         scorable = self.scorable_mask(input_ids, attention_mask)
         return self._readout(self._log_alpha(hidden, ctx), scorable, readout)
