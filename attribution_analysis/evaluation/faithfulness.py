@@ -315,10 +315,11 @@ def effect_sign_ranks(
     }
     if n < 2:
         return result
+    order = attribution_order(scores, scorable).cpu().numpy()  # positions, best first
+    rank = np.empty(len(scorable), dtype=float)
+    rank[order] = np.arange(n)
     positions = torch.nonzero(scorable, as_tuple=False).flatten().cpu().numpy()
-    order = attribution_order(scores, scorable).cpu().numpy()
-    place = {int(p): i for i, p in enumerate(order)}
-    relative = np.array([place[int(p)] for p in positions], dtype=float) / (n - 1)
+    relative = rank[positions] / (n - 1)  # in position order, as ``effects``
     if supporting.any():
         result["supporting_rank"] = float(relative[supporting].mean())
     if opposing.any():
