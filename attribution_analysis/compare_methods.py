@@ -20,7 +20,7 @@ from attribution_analysis.config import AttributionConfig, load_config, resolve_
 from attribution_analysis.evaluation.removal import OPERATIONS
 from attribution_analysis.methods.diffmask.checkpoint import read_checkpoint
 from attribution_analysis.methods.diffmask.train_diffmask import load_diffmask_checkpoint
-from attribution_analysis.methods.registry import parse_method_list
+from attribution_analysis.methods.registry import TRAINED_DIFFMASK, parse_method_list
 from attribution_analysis.utils.devices import check_device, seed_everything
 from attribution_analysis.utils.io import atomic_write_json, timestamped_dir
 
@@ -56,14 +56,15 @@ def main(argv: list[str] | None = None) -> int:
                 setattr(config, key, getattr(args, key))
         names = parse_method_list(args.methods)
         check_device(config.device)
-        if args.checkpoint and "diffmask" in names:
+        needs_diffmask = any(n in TRAINED_DIFFMASK for n in names)
+        if args.checkpoint and needs_diffmask:
             read_checkpoint(args.checkpoint)  # an unreadable file fails before any folder exists
         seed_everything(config.seed)
         out_dir = timestamped_dir(resolve_path(config.output_dir), "compare")
         atomic_write_json(out_dir / "config.json", to_dict(config))
         ws = open_workspace(config, args.quiet)
         diffmask = None
-        if "diffmask" in names:
+        if needs_diffmask:
             if args.checkpoint:
                 diffmask = load_diffmask_checkpoint(args.checkpoint, ws.model)
             else:

@@ -1,7 +1,8 @@
 """The news benchmark: DIFFMASK and baselines on held-out dev candidates over several seeds.
 
     python benchmarks/bench_news.py [--config configs/attribution/nrms_bert_finetune.yaml]
-        [--n_samples 500] [--seeds 0,1,2] [--methods diffmask,ig,saliency,leave_one_out,random]
+        [--n_samples 500] [--seeds 0,1,2]
+        [--methods diffmask,diffmask_loo,ig,saliency,leave_one_out,random]
         [--out output/bench_news] [--quiet] [--smoke]
 
 It uses the config's recommender (trained first when missing, as the other commands do) and the
@@ -79,14 +80,14 @@ DEFAULTS = {
     "config": "configs/attribution/nrms_bert_finetune.yaml",
     "n_samples": 500,
     "seeds": "0,1,2",
-    "methods": "diffmask,ig,saliency,leave_one_out,random",
+    "methods": "diffmask,diffmask_loo,ig,saliency,leave_one_out,random",
     "out": "output/bench_news",
 }
 SMOKE = {
     "config": "configs/attribution/tiny_test.yaml",
     "n_samples": 16,
     "seeds": "0,1",
-    "methods": "diffmask,ig,random",
+    "methods": "diffmask,diffmask_loo,ig,random",
     "out": "output/test_tiny/bench_news",
 }
 REMOVALS = ("mask", "baseline")
@@ -95,7 +96,7 @@ SUBSETS = {
     "predicted_non_click": "predicted non-clicks",
     "all": "all",
 }
-SEED_DEPENDENT = ("diffmask", "random")
+SEED_DEPENDENT = ("diffmask", "diffmask_loo", "random")
 METHOD_METRICS = {
     "comprehensiveness_aopc": "compr. AOPC ↑",
     "sufficiency_aopc": "suff. AOPC ↓",
@@ -385,19 +386,21 @@ def targets(summary: dict) -> list[dict]:
         ),
     ]
     base = summary["methods"]["baseline"]["all"]
-    for metric, label in (
-        ("sufficiency_aopc", "sufficiency AOPC"),
-        ("deletion_auc", "deletion AUC"),
-    ):
-        ig = base.get("ig", {}).get(metric, {}).get("mean", math.nan)  # nan when IG was not run
-        rows.append(
-            _target(
-                f"DIFFMASK {label} (removal baseline, all) <= IG's",
-                base["diffmask"][metric]["mean"],
-                ig,
-                False,
+    labels = {"diffmask": "DIFFMASK", "diffmask_loo": "DIFFMASK's set, leave-one-out order,"}
+    for name in [n for n in labels if n in base]:
+        for metric, label in (
+            ("sufficiency_aopc", "sufficiency AOPC"),
+            ("deletion_auc", "deletion AUC"),
+        ):
+            ig = base.get("ig", {}).get(metric, {}).get("mean", math.nan)  # nan without IG
+            rows.append(
+                _target(
+                    f"{labels[name]} {label} (removal baseline, all) <= IG's",
+                    base[name][metric]["mean"],
+                    ig,
+                    False,
+                )
             )
-        )
     return rows
 
 

@@ -16,7 +16,12 @@ from attribution_analysis.methods.explained_model import BinaryLogitModel, Model
 from attribution_analysis.methods.integrated_gradients import IntegratedGradientsMethod
 from attribution_analysis.methods.occlusion import LeaveOneOutMethod
 from attribution_analysis.methods.random_method import RandomMethod
-from attribution_analysis.methods.registry import METHODS, build_method, parse_method_list
+from attribution_analysis.methods.registry import (
+    METHODS,
+    TRAINED_DIFFMASK,
+    build_method,
+    parse_method_list,
+)
 from tests.helpers_foundation import tiny_nrms
 
 TITLES = [
@@ -57,8 +62,9 @@ def _diffmask(tok, model) -> DIFFMASK:
 
 
 def _all_methods(tok, model) -> dict:
-    methods = {n: build_method(n, model, **_kwargs(tok, n)) for n in METHODS if n != "diffmask"}
-    methods["diffmask"] = build_method("diffmask", model, diffmask=_diffmask(tok, model))
+    methods = {n: build_method(n, model, **_kwargs(tok, n)) for n in METHODS if "diffmask" not in n}
+    for name in TRAINED_DIFFMASK:
+        methods[name] = build_method(name, model, diffmask=_diffmask(tok, model))
     return methods
 
 
@@ -156,7 +162,16 @@ def test_ig_explain_records_completeness_error(setup):
 
 
 @pytest.mark.parametrize(
-    "name", ["ig", "saliency", "input_x_gradient", "attention", "leave_one_out", "diffmask"]
+    "name",
+    [
+        "ig",
+        "saliency",
+        "input_x_gradient",
+        "attention",
+        "leave_one_out",
+        "diffmask",
+        "diffmask_loo",
+    ],
 )
 def test_batched_equals_one_by_one(setup, name):
     tok, model, ids, mask, context = setup
@@ -240,6 +255,7 @@ def test_registry_names_and_errors(setup):
     tok, model, *_ = setup
     assert set(METHODS) == {
         "diffmask",
+        "diffmask_loo",
         "ig",
         "saliency",
         "input_x_gradient",
@@ -248,7 +264,7 @@ def test_registry_names_and_errors(setup):
         "random",
     }
     for name, cls in METHODS.items():
-        if name != "diffmask":
+        if name not in TRAINED_DIFFMASK:
             assert isinstance(build_method(name, model, **_kwargs(tok, name)), cls)
             assert cls.name == name
     with pytest.raises(ValueError) as err:
@@ -278,7 +294,7 @@ def test_registry_names_are_the_class_names_and_methods_take_the_same_ids(setup)
         "seed": 0,
     }
     for name in METHODS:
-        extra = {"diffmask": _diffmask(tok, model)} if name == "diffmask" else {}
+        extra = {"diffmask": _diffmask(tok, model)} if name in TRAINED_DIFFMASK else {}
         method = build_method(name, model, **common, **extra)
         scores, extras = method.attribute(ids, mask, context, return_extras=True)
         assert scores.shape == ids.shape and isinstance(extras, dict), name
@@ -288,3 +304,68 @@ def test_diffmask_method_refuses_other_token_ids(setup):
     tok, model, *_ = setup
     with pytest.raises(ValueError, match="another tokenizer"):
         DiffMaskMethod(model, diffmask=_diffmask(tok, model), mask_token_id=12345)
+
+
+# --------------------------------------------------------------------- DIFFMASK + leave-one-out
+def _spread_diffmask(tok, model) -> DIFFMASK:
+    """An untrained DIFFMASK whose probes give spread-out keep probabilities (some tokens kept,
+    some dropped) and a baseline away from every word embedding."""
+    dm = _diffmask(tok, model)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for probe in dm.probe.probes:
+            probe.mlp[-1].weight.copy_(3.0 * torch.randn(probe.mlp[-1].weight.shape, generator=gen))
+        dm.baseline.copy_(torch.randn(dm.baseline.shape, generator=gen))
+    return dm
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_diffmask_loo_is_the_kept_set_ordered_by_the_signed_effect(setup, sign):
+    """score = [keep >= 0.5] + tanh(F(x) - F(x, token i -> DIFFMASK's baseline)) / 2, computed
+    here position by position; F explains the decision (sign-flipped for a non-click)."""
+    tok, model, ids, mask, context = setup
+    dm = _spread_diffmask(tok, model)
+    method = build_method("diffmask_loo", model, diffmask=dm, **_kwargs(tok, "leave_one_out"))
+    adapter = method.adapter
+    ctx = {**adapter.prepare_context(context), "decision_sign": torch.full((len(ids),), sign)}
+    scores = method.attribute(ids, mask, ctx)
+    keep = dm.get_attributions(ids, mask, **ctx)
+    scorable = method.scorable(ids, mask)
+    with torch.no_grad():
+        words = adapter.embed(ids)
+        full = adapter.explained_logit(adapter.forward(words, mask, ctx).output, ctx)
+        expected = torch.zeros_like(scores)
+        for i, j in torch.nonzero(scorable).tolist():
+            edited = words.clone()
+            edited[i, j] = dm.baseline
+            out = adapter.explained_logit(adapter.forward(edited, mask, ctx).output, ctx)
+            expected[i, j] = float(keep[i, j] >= 0.5) + math.tanh(full[i] - out[i]) / 2
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
+    kept = (keep >= 0.5) & scorable
+    dropped = (keep < 0.5) & scorable
+    assert kept.any() and dropped.any()  # both parts present: the ordering is tested
+    for i in range(len(ids)):
+        if kept[i].any() and dropped[i].any():
+            assert scores[i][kept[i]].min() > scores[i][dropped[i]].max()
+    results = method.explain(ids, mask, context)
+    assert results[0].metadata["method"] == "diffmask_loo"
+    assert results[0].metadata["settings"]["kept_at"] == 0.5
+    decided = adapter.with_decision(ids, mask, adapter.prepare_context(context))
+    n = int(mask[0].sum())
+    torch.testing.assert_close(
+        torch.tensor(results[0].token_scores, dtype=torch.float32),
+        method.attribute(ids, mask, decided)[0, :n],
+    )
+
+
+def test_leave_one_out_with_an_embedding_baseline(setup):
+    tok, model, ids, mask, context = setup
+    hidden = model.news_encoder.hidden_size
+    with pytest.raises(ValueError, match=f"baseline_embedding must be \\[hidden={hidden}\\]"):
+        LeaveOneOutMethod(model, tok.all_special_ids, baseline_embedding=torch.zeros(hidden + 1))
+    zeros = LeaveOneOutMethod(model, tok.all_special_ids, baseline="zero")
+    given = LeaveOneOutMethod(model, tok.all_special_ids, baseline_embedding=torch.zeros(hidden))
+    assert given.settings()["baseline"] == "embedding"
+    torch.testing.assert_close(
+        given.attribute(ids, mask, context), zeros.attribute(ids, mask, context)
+    )

@@ -23,7 +23,7 @@ from attribution_analysis.evaluation.sanity import fresh_diffmask_like, sanity_c
 from attribution_analysis.methods.base import AttributionMethod
 from attribution_analysis.methods.diffmask import DIFFMASK
 from attribution_analysis.methods.diffmask.train_diffmask import rebind_diffmask
-from attribution_analysis.methods.registry import build_method
+from attribution_analysis.methods.registry import TRAINED_DIFFMASK, build_method
 from attribution_analysis.methods.result import merge_subwords
 from attribution_analysis.reporting.plots import plot_curves
 from attribution_analysis.utils.io import atomic_write_json, atomic_write_text
@@ -47,7 +47,7 @@ def build_methods(
         "mask_token_id": tok.mask_token_id,
         "seed": ws.config.seed,
     }
-    options = {"ig": {"n_steps": ig_steps}, "diffmask": {"diffmask": diffmask}}
+    options = {"ig": {"n_steps": ig_steps}, **{n: {"diffmask": diffmask} for n in TRAINED_DIFFMASK}}
     return {name: build_method(name, model, **common, **options.get(name, {})) for name in names}
 
 
@@ -117,7 +117,7 @@ def sanity_rows(
     for name in names:
 
         def factory(model, name=name):
-            dm = rebind_diffmask(diffmask, model) if name == "diffmask" else None
+            dm = rebind_diffmask(diffmask, model) if name in TRAINED_DIFFMASK else None
             return build_methods(ws, [name], dm, ws.config.ig_steps, model)[name]
 
         fixed = sanity_check(

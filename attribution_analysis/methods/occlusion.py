@@ -2,7 +2,8 @@
 
 ``score_i = F(x) - F(x with token i's word embedding replaced by a baseline)``, F the explained
 logit (NRMS click score, history held fixed). The replacement is the [MASK] (default) or [PAD]
-word embedding, or zeros; the position embedding stays, so the sequence length never changes.
+word embedding, zeros, or a given embedding vector (e.g. DIFFMASK's learned baseline); the
+position embedding stays, so the sequence length never changes.
 Positive = the token raises the score. All variants of a batch are stacked (variant-major) and
 run in chunks of at most ``internal_batch_size`` rows.
 """
@@ -25,6 +26,8 @@ class LeaveOneOutMethod(EmbeddingMethod):
 
     Args:
         baseline: ``mask``, ``pad`` or ``zero`` (the replacement word embedding).
+        baseline_embedding: ``[hidden]``, a replacement word embedding used instead of
+            ``baseline`` (recorded as ``"embedding"``).
         internal_batch_size: rows per forward pass (default: one pass per batch, i.e.
             ``batch * n_positions`` rows).
     """
@@ -41,15 +44,28 @@ class LeaveOneOutMethod(EmbeddingMethod):
         baseline: str = "mask",
         internal_batch_size: int | None = None,
         seed: int = 0,
+        baseline_embedding: torch.Tensor | None = None,
     ) -> None:
         super().__init__(model, special_token_ids, seed, pad_token_id, mask_token_id)
-        if baseline not in BASELINES:
+        if baseline_embedding is not None:
+            hidden = self.adapter.hidden_size
+            if baseline_embedding.shape != (hidden,):
+                raise ValueError(
+                    f"baseline_embedding must be [hidden={hidden}], "
+                    f"got {tuple(baseline_embedding.shape)}"
+                )
+            baseline = "embedding"
+        elif baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-        if baseline != "zero" and {"pad": pad_token_id, "mask": mask_token_id}[baseline] is None:
+        if (
+            baseline in ("pad", "mask")
+            and {"pad": pad_token_id, "mask": mask_token_id}[baseline] is None
+        ):
             raise ValueError(f"baseline {baseline!r} needs {baseline}_token_id")
         if internal_batch_size is not None and internal_batch_size < 1:
             raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
         self.baseline = baseline
+        self.baseline_embedding = baseline_embedding
         self.internal_batch_size = internal_batch_size
 
     def settings(self) -> dict:
@@ -72,9 +88,14 @@ class LeaveOneOutMethod(EmbeddingMethod):
         """Scores ``[batch, tokens]`` (0 on padding and special tokens)."""
         scorable = self.scorable(input_ids, attention_mask)
         words, forward, args = self._inputs(input_ids, attention_mask, context)
-        base = baseline_word_embeddings(
-            self.adapter, input_ids, scorable, self.baseline, self.pad_token_id, self.mask_token_id
-        )
+        if self.baseline_embedding is None:
+            base = baseline_word_embeddings(
+                self.adapter, input_ids, scorable, self.baseline, self.pad_token_id,
+                self.mask_token_id,
+            )  # fmt: skip
+        else:
+            fill = self.baseline_embedding.to(words.device, words.dtype)
+            base = torch.where(scorable[..., None], fill, words)
         batch = len(input_ids)
         scores = torch.zeros(scorable.shape, dtype=torch.float32, device=input_ids.device)
         positions = torch.nonzero(scorable.any(0), as_tuple=False).flatten()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from attribution_analysis.methods.attention_method import AttentionMethod
 from attribution_analysis.methods.base import AttributionMethod
+from attribution_analysis.methods.diffmask.diffmask_loo_method import DiffMaskLeaveOneOutMethod
 from attribution_analysis.methods.diffmask.diffmask_method import DiffMaskMethod
 from attribution_analysis.methods.gradient_methods import InputXGradientMethod, SaliencyMethod
 from attribution_analysis.methods.integrated_gradients import IntegratedGradientsMethod
@@ -14,6 +15,7 @@ METHODS: dict[str, type[AttributionMethod]] = {
     cls.name: cls
     for cls in (
         DiffMaskMethod,
+        DiffMaskLeaveOneOutMethod,
         IntegratedGradientsMethod,
         SaliencyMethod,
         InputXGradientMethod,
@@ -23,6 +25,9 @@ METHODS: dict[str, type[AttributionMethod]] = {
     )
 }
 """Every method under its class's ``name`` (one name per method)."""
+
+TRAINED_DIFFMASK = ("diffmask", "diffmask_loo")
+"""Methods built on a trained DIFFMASK (``build_method(name, model, diffmask=...)``)."""
 
 
 def _check_name(name: str) -> str:
@@ -50,4 +55,4 @@ def parse_method_list(text: str) -> list[str]:
     return list(dict.fromkeys(_check_name(n) for n in names))
 
 
-__all__ = ["METHODS", "build_method", "parse_method_list"]
+__all__ = ["METHODS", "TRAINED_DIFFMASK", "build_method", "parse_method_list"]
