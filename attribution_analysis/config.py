@@ -303,7 +303,9 @@ class AttributionConfig:
     top_k: int = 15
     output_dir: str = "output/diffmask"
     diffmask: DiffMaskConfig = field(default_factory=DiffMaskConfig)
-    compare_methods: list[str] = field(default_factory=lambda: ["diffmask", "ig", "random"])
+    compare_methods: list[str] = field(
+        default_factory=lambda: ["diffmask", "diffmask_loo", "ig", "random"]
+    )
     ig_steps: int = 50
     sanity_retrain: bool = True
 

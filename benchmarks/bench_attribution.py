@@ -5,7 +5,8 @@
 For each model (a tiny random BERT NRMS and the NRMS with the embedded all-MiniLM-L6-v2 encoder)
 and batch size, it times one plain forward pass (news encoder + user vector + score), DIFFMASK
 attribution (``get_attributions``: one forward with hidden states + the probe), Integrated
-Gradients (n_steps=50), Saliency, Input x Gradient, attention, leave-one-out and random. It prints
+Gradients (n_steps=50), Saliency, Input x Gradient, attention, leave-one-out, DIFFMASK's set in
+leave-one-out order (``diffmask_loo``) and random. It prints
 median seconds, the ratio to the plain forward pass, DIFFMASK's speed-up over IG per example and,
 on a GPU, peak memory. Timings depend on the weights only through their shapes, so untrained
 weights are used (a trained probe costs the same as an untrained one).
@@ -117,6 +118,9 @@ def bench_model(name: str, batch_sizes: list[int], repeats: int, device) -> list
         "input_x_gradient": build_method("input_x_gradient", model, special_token_ids=special),
         "attention": build_method("attention", model, special_token_ids=special),
         "leave_one_out": build_method("leave_one_out", model, special_token_ids=special, **ids_kw),
+        "diffmask_loo (layerwise probe)": build_method(
+            "diffmask_loo", model, diffmask=layerwise, special_token_ids=special, **ids_kw
+        ),
         "random": build_method("random", model, special_token_ids=special),
     }
     rows = []

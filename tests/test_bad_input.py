@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import re
@@ -183,6 +184,23 @@ def test_compare_methods_refuses_an_unreadable_checkpoint(diffmask_run, rec, tmp
     assert compare_methods.main([*args, "--quiet"]) == 2
     _one_error_line(capsys, str(bad), "not a readable DIFFMASK checkpoint")
     assert not (tmp_path / "out").exists()
+
+
+def test_compare_methods_runs_diffmask_loo_from_a_checkpoint(diffmask_run, rec, tmp_path, capsys):
+    """``--methods diffmask_loo`` alone loads the DIFFMASK it needs (and refuses a bad
+    checkpoint as ``diffmask`` does); its row is in the comparison."""
+    good = diffmask_run["run"] / "checkpoints/best.pt"
+    bad = _bad_checkpoint("truncated", tmp_path, rec, good)
+    config = _attr_config(tmp_path / "a.yaml", rec, tmp_path / "out")
+    args = ["--config", str(config), "--methods", "diffmask_loo", "--checkpoint", str(bad)]
+    assert compare_methods.main([*args, "--quiet"]) == 2
+    _one_error_line(capsys, str(bad), "not a readable DIFFMASK checkpoint")
+    args = ["--config", str(config), "--methods", "diffmask_loo,random", "--checkpoint", str(good)]
+    assert compare_methods.main([*args, "--quiet"]) == 0
+    (folder,) = (tmp_path / "out").glob("compare_*")
+    rows = {r["method"]: r for r in json.loads((folder / "comparison.json").read_text())["rows"]}
+    assert set(rows) == {"diffmask_loo", "random"}
+    assert math.isfinite(rows["diffmask_loo"]["deletion_auc"])
 
 
 def test_truncated_latest_diffmask_epoch_falls_back_to_the_previous(diffmask_run, tmp_path,

@@ -71,7 +71,12 @@ def test_run_folder_contents(trained_run):
     assert {"title", "original_prob", "masked_prob", "gold_words"} <= set(rows[0])
     summary = json.loads((trained_run / "summary.json").read_text())
     assert summary["test"]["n_samples"] == 12 and "auprc" in summary["test"]
-    assert {r["method"] for r in summary["comparison"]} == {"diffmask", "ig", "random"}
+    assert {r["method"] for r in summary["comparison"]} == {
+        "diffmask",
+        "diffmask_loo",
+        "ig",
+        "random",
+    }
     with (trained_run / "top_words_per_sample.csv").open() as handle:
         assert max(int(r["rank"]) for r in csv.DictReader(handle)) <= 4
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
