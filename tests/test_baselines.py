@@ -358,6 +358,14 @@ def test_diffmask_loo_is_the_kept_set_ordered_by_the_signed_effect(setup, sign):
     )
 
 
+def test_diffmask_loo_refuses_a_diffmask_that_masks_a_hidden_layer(setup):
+    tok, model, *_ = setup
+    dm = DIFFMASK(model, mask_layer=1, num_probe_layers=2, special_token_ids=tok.all_special_ids,
+                  mask_token_id=tok.mask_token_id)  # fmt: skip
+    with pytest.raises(ValueError, match="masks the hidden states of layer 1"):
+        build_method("diffmask_loo", model, diffmask=dm)
+
+
 def test_leave_one_out_with_an_embedding_baseline(setup):
     tok, model, ids, mask, context = setup
     hidden = model.news_encoder.hidden_size

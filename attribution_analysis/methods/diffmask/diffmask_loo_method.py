@@ -16,7 +16,8 @@ predicted non-click). ``|tanh(.) / 2| < 0.5``, so every kept token ranks above e
 first and tokens that oppose it last.
 
 Cost: DIFFMASK's one forward pass plus one forward pass per scorable position (batched), like
-leave-one-out; no gradients. It needs a trained DIFFMASK, as ``diffmask`` does.
+leave-one-out; no gradients. It needs a trained DIFFMASK, as ``diffmask`` does, that masks the
+input (``mask_layer: 0``, the default).
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ class DiffMaskLeaveOneOutMethod(DiffMaskMethod):
 
     def __init__(self, *args, internal_batch_size: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        layer = self.diffmask.settings["mask_layer"]
+        if layer != 0:
+            raise ValueError(
+                f"diffmask_loo replaces word embeddings by DIFFMASK's baseline, but this DIFFMASK "
+                f"masks the hidden states of layer {layer} (mask_layer: 0 masks the input)"
+            )
         self.occlusion = LeaveOneOutMethod(
             self.adapter,
             special_token_ids=self.special_token_ids,
