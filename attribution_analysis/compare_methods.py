@@ -4,9 +4,9 @@
         --methods diffmask,diffmask_loo,ig,attention,random --n_samples 100
 
 DIFFMASK (for ``diffmask`` and ``diffmask_loo``) comes from ``--checkpoint`` or is trained on the
-fly. Writes ``comparison.md``,
-``comparison.csv``, ``comparison.json`` and ``deletion_curves.png`` / ``insertion_curves.png``
-into ``<output_dir>/compare_<YYYYmmdd_HHMMSS>/`` and prints the table.
+fly. Writes ``comparison.md``, ``comparison.csv``, ``comparison.json`` and
+``deletion_curves.png`` / ``insertion_curves.png`` into
+``<output_dir>/compare_<YYYYmmdd_HHMMSS>/`` and prints the table.
 """
 
 from __future__ import annotations
