@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("n_samples", "ig_steps", "output_dir", "seed"):
             if getattr(args, key) is not None:
                 setattr(config, key, getattr(args, key))
-        names = parse_method_list(args.methods)
+        names = parse_method_list(args.methods, config.diffmask.gates.mask_layer)
         check_device(config.device)
         needs_diffmask = any(n in TRAINED_DIFFMASK for n in names)
         if args.checkpoint and needs_diffmask:

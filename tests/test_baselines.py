@@ -321,7 +321,7 @@ def _spread_diffmask(tok, model) -> DIFFMASK:
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_diffmask_loo_is_the_kept_set_ordered_by_the_signed_effect(setup, sign):
-    """score = [keep >= 0.5] + tanh(F(x) - F(x, token i -> DIFFMASK's baseline)) / 2, computed
+    """score = [keep >= 0.5] + e / (1 + |e|) / 2, e = F(x) - F(x, token i -> the baseline), computed
     here position by position; F explains the decision (sign-flipped for a non-click)."""
     tok, model, ids, mask, context = setup
     dm = _spread_diffmask(tok, model)
@@ -339,7 +339,8 @@ def test_diffmask_loo_is_the_kept_set_ordered_by_the_signed_effect(setup, sign):
             edited = words.clone()
             edited[i, j] = dm.baseline
             out = adapter.explained_logit(adapter.forward(edited, mask, ctx).output, ctx)
-            expected[i, j] = float(keep[i, j] >= 0.5) + math.tanh(full[i] - out[i]) / 2
+            e = float(full[i] - out[i])
+            expected[i, j] = float(keep[i, j] >= 0.5) + e / (1 + abs(e)) / 2
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
     kept = (keep >= 0.5) & scorable
     dropped = (keep < 0.5) & scorable
@@ -377,3 +378,42 @@ def test_leave_one_out_with_an_embedding_baseline(setup):
     torch.testing.assert_close(
         given.attribute(ids, mask, context), zeros.attribute(ids, mask, context)
     )
+
+
+def test_leave_one_out_with_a_given_vector_equals_the_named_baseline(setup):
+    """A given [MASK] word embedding (in float64: cast to the model's dtype) is ``"mask"``."""
+    tok, model, ids, mask, context = setup
+    named = LeaveOneOutMethod(model, tok.all_special_ids, mask_token_id=tok.mask_token_id)
+    vector = named.adapter.embed(torch.tensor([[tok.mask_token_id]]))[0, 0].detach().double()
+    given = LeaveOneOutMethod(model, tok.all_special_ids, baseline_embedding=vector)
+    expected = named.attribute(ids, mask, context)
+    assert expected.abs().max() > 1e-4
+    torch.testing.assert_close(given.attribute(ids, mask, context), expected)
+
+
+@pytest.mark.parametrize("name", ["leave_one_out", "diffmask_loo"])
+def test_a_batch_without_a_scorable_token_scores_zero(setup, name):
+    tok, model, *_ = setup
+    enc = tok(["", ""], padding=True, return_tensors="pt")
+    context = {"history_emb": torch.randn(2, 5, model.dim), "history_mask": torch.ones(2, 5).bool()}
+    extra = {"diffmask": _diffmask(tok, model)} if name == "diffmask_loo" else {}
+    method = build_method(name, model, **_kwargs(tok, "leave_one_out"), **extra)
+    scores = method.attribute(enc["input_ids"], enc["attention_mask"], context)
+    assert scores.shape == enc["input_ids"].shape and (scores == 0).all()
+
+
+def test_diffmask_loo_keeps_the_order_for_large_effects():
+    """The squashed effect stays strictly inside (-0.5, 0.5) in float32 where tanh / 2 would
+    round to 0.5: a kept opposing token still ranks above a dropped supporting one."""
+    effects = torch.tensor([-50.0, -12.0, 12.0, 50.0])
+    squashed = effects / (1 + effects.abs()) / 2
+    assert (squashed.abs() < 0.5).all() and (squashed.diff() > 0).all()
+    assert (torch.tanh(effects) / 2).abs().max() == 0.5  # what the squashing avoids
+    assert 1.0 + squashed[0] > 0.0 + squashed[-1]
+
+
+def test_method_list_refuses_diffmask_loo_for_a_hidden_layer_mask_before_training():
+    assert parse_method_list("diffmask,ig", mask_layer=2) == ["diffmask", "ig"]
+    assert parse_method_list("diffmask_loo") == ["diffmask_loo"]
+    with pytest.raises(ValueError, match="layer 2 .*leave diffmask_loo out"):
+        parse_method_list("diffmask, diffmask_loo", mask_layer=2)

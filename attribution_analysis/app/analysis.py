@@ -157,7 +157,8 @@ def run_analysis(
     comparison and the retrained sanity check); the main process alone writes and prints, in
     the run folder it named."""
     check_device(config.device)
-    parse_method_list(",".join(config.compare_methods) or "diffmask")  # unknown names fail now
+    methods = ",".join(config.compare_methods) or "diffmask"
+    parse_method_list(methods, config.diffmask.gates.mask_layer)  # bad names fail now
     seed_everything(config.seed)
     accelerator = make_accelerator(config.device, config.mixed_precision)
     main = accelerator.is_main_process

@@ -106,11 +106,12 @@ def sanity_rows(
     Returns ``{name: {"sanity_spearman": ..., "sanity_spearman_retrained": ...}}``:
 
     * ``sanity_spearman`` (fixed probe): the method rebuilt on the randomised model; DIFFMASK
-      keeps its trained probe and baseline (:func:`rebind_diffmask`).
+      and ``diffmask_loo`` keep the trained probe and baseline (:func:`rebind_diffmask`).
     * ``sanity_spearman_retrained``: DIFFMASK's probe and baseline retrained from scratch on the
       randomised model (:func:`retrain_diffmask`, checkpoints in ``out_dir / SANITY_DIR``, a
-      temporary folder without ``out_dir``); None for methods with nothing to retrain, and
-      for DIFFMASK when ``retrain`` is false.
+      temporary folder without ``out_dir``); None for every other method (``diffmask_loo``
+      included: the retraining is measured once, for DIFFMASK), and for DIFFMASK when
+      ``retrain`` is false.
     """
     batches = list(ws.loader(examples))
     out: dict[str, dict[str, float | None]] = {}

@@ -99,6 +99,8 @@ class LeaveOneOutMethod(EmbeddingMethod):
         batch = len(input_ids)
         scores = torch.zeros(scorable.shape, dtype=torch.float32, device=input_ids.device)
         positions = torch.nonzero(scorable.any(0), as_tuple=False).flatten()
+        if len(positions) == 0:
+            return scores  # no token to remove (e.g. empty titles)
         with self._mode():
             full = forward(words, *args).float()
             step = self._positions_per_pass(batch, len(positions))

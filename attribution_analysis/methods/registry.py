@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from attribution_analysis.methods.attention_method import AttentionMethod
 from attribution_analysis.methods.base import AttributionMethod
-from attribution_analysis.methods.diffmask.diffmask_loo_method import DiffMaskLeaveOneOutMethod
+from attribution_analysis.methods.diffmask.diffmask_loo_method import (
+    DiffMaskLeaveOneOutMethod,
+    check_mask_layer,
+)
 from attribution_analysis.methods.diffmask.diffmask_method import DiffMaskMethod
 from attribution_analysis.methods.gradient_methods import InputXGradientMethod, SaliencyMethod
 from attribution_analysis.methods.integrated_gradients import IntegratedGradientsMethod
@@ -46,13 +49,17 @@ def build_method(name: str, model, **kwargs) -> AttributionMethod:
     return METHODS[_check_name(name)](model, **kwargs)
 
 
-def parse_method_list(text: str) -> list[str]:
+def parse_method_list(text: str, mask_layer: int = 0) -> list[str]:
     """``"diffmask, ig,random"`` -> ``["diffmask", "ig", "random"]`` (validated, duplicates
-    dropped, order kept)."""
+    dropped, order kept). ``mask_layer``: the DIFFMASK's, when known, so that a method it
+    cannot serve (``diffmask_loo`` on a hidden-layer mask) fails before any training."""
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
         raise ValueError(f"no method names in {text!r}; valid names: {', '.join(METHODS)}")
-    return list(dict.fromkeys(_check_name(n) for n in names))
+    names = list(dict.fromkeys(_check_name(n) for n in names))
+    if "diffmask_loo" in names:
+        check_mask_layer(mask_layer)
+    return names
 
 
 __all__ = ["METHODS", "TRAINED_DIFFMASK", "build_method", "parse_method_list"]
