@@ -42,7 +42,7 @@ def _configs(root: Path) -> Path:
         (root / f"attr_{variant}.yaml").write_text(yaml.safe_dump(attr))
     compare = {"model_a": "attr_clean.yaml", "model_b": "attr_poisoned.yaml",
                "n_samples": 24, "min_support": 2, "n_boot": 100, "n_perm": 200,
-               "methods": ["diffmask", "leave_one_out"],
+               "methods": ["diffmask", "leave_one_out", "diffmask_loo"],
                "output_dir": "output/compare"}  # fmt: skip
     (root / "compare.yaml").write_text(yaml.safe_dump(compare))
     return root / "compare.yaml"
@@ -103,6 +103,37 @@ def test_known_words_are_the_corpus_trigger_words(run) -> None:
     assert summary["n_candidates"] == 24 and 0 <= summary["mean_prob_b"] <= 1
     loo = summary["other_methods"]["leave_one_out"]
     assert set(loo["known_words"]["words"]) == set(known["words"])
+
+
+def test_diffmask_loo_keeps_diffmask_kept_shares(run) -> None:
+    """``diffmask_loo`` scores are DIFFMASK's keep decision plus a signed part in (-0.5, 0.5),
+    so its per-word kept shares under both models are exactly DIFFMASK's."""
+    _, folder = run
+    rows = {r["word"]: r for r in _csv(folder / "words_diff.csv")[1]}
+    loo = {r["word"]: r for r in _csv(folder / "words_diff_diffmask_loo.csv")[1]}
+    assert set(loo) == set(rows) and rows
+    for word, row in rows.items():
+        assert (loo[word]["kept_a"], loo[word]["kept_b"]) == (row["kept_a"], row["kept_b"]), word
+    scores = [s for x in (folder / "model_b/attributions_diffmask_loo.jsonl").open()
+              for s in json.loads(x)["token_scores"]]  # fmt: skip
+    assert min(scores) > -0.5 and max(scores) < 1.5
+
+
+def test_diffmask_loo_on_a_hidden_layer_diffmask_fails_before_training(run, tmp_path,
+                                                                       capsys) -> None:  # fmt: skip
+    root, _ = run
+    attr = yaml.safe_load((root / "attr_poisoned.yaml").read_text())
+    attr["diffmask"]["gates"] = {"mask_layer": 1}
+    (root / "attr_hidden.yaml").write_text(yaml.safe_dump(attr))
+    compare = yaml.safe_load((root / "compare.yaml").read_text())
+    compare["model_b"] = "attr_hidden.yaml"
+    (root / "compare_hidden.yaml").write_text(yaml.safe_dump(compare))
+    capsys.readouterr()
+    argv = ["--config", "compare_hidden.yaml", "--quiet", "--output_dir", str(tmp_path)]
+    assert _main_in(root, argv) == 2
+    err = capsys.readouterr().err
+    assert "diffmask_loo" in err and "layer 1" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # nothing trained, no run folder
 
 
 def test_other_tokenizers_are_refused(run, tmp_path, capsys) -> None:

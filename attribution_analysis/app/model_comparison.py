@@ -240,8 +240,12 @@ def run_model_comparison(
     saved = None
     if reuse_explanations:
         saved = _saved_explanations(config, Path(run_dir) if run_dir else None)
-    run_dir = Path(run_dir) if run_dir else timestamped_dir(resolve_path(config.output_dir))
     spaces = _workspaces(config, quiet)
+    for ws in spaces.values():  # a method a model's DIFFMASK cannot serve fails before training
+        parse_method_list(
+            ",".join(config.methods) or "diffmask", ws.config.diffmask.gates.mask_layer
+        )
+    run_dir = Path(run_dir) if run_dir else timestamped_dir(resolve_path(config.output_dir))
     data_ws = _data_workspace(config, spaces)
     examples = _candidates(config, data_ws)
     if saved is not None:
