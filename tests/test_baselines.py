@@ -61,10 +61,20 @@ def _diffmask(tok, model) -> DIFFMASK:
     ).eval()
 
 
+def _trained(tok, model, name: str) -> dict:
+    """What a method built on a trained DIFFMASK needs: the DIFFMASK, and for
+    ``diffmask_effect`` the titles that fit its effect head."""
+    extra = {"diffmask": _diffmask(tok, model)}
+    if name == "diffmask_effect":
+        enc = tok(TITLES, padding=True, return_tensors="pt")
+        extra["titles"] = [(enc["input_ids"], enc["attention_mask"])]
+    return extra
+
+
 def _all_methods(tok, model) -> dict:
     methods = {n: build_method(n, model, **_kwargs(tok, n)) for n in METHODS if "diffmask" not in n}
     for name in TRAINED_DIFFMASK:
-        methods[name] = build_method(name, model, diffmask=_diffmask(tok, model))
+        methods[name] = build_method(name, model, **_trained(tok, model, name))
     return methods
 
 
@@ -171,6 +181,7 @@ def test_ig_explain_records_completeness_error(setup):
         "leave_one_out",
         "diffmask",
         "diffmask_loo",
+        "diffmask_effect",
     ],
 )
 def test_batched_equals_one_by_one(setup, name):
@@ -256,6 +267,7 @@ def test_registry_names_and_errors(setup):
     assert set(METHODS) == {
         "diffmask",
         "diffmask_loo",
+        "diffmask_effect",
         "ig",
         "saliency",
         "input_x_gradient",
@@ -294,7 +306,7 @@ def test_registry_names_are_the_class_names_and_methods_take_the_same_ids(setup)
         "seed": 0,
     }
     for name in METHODS:
-        extra = {"diffmask": _diffmask(tok, model)} if name in TRAINED_DIFFMASK else {}
+        extra = _trained(tok, model, name) if name in TRAINED_DIFFMASK else {}
         method = build_method(name, model, **common, **extra)
         scores, extras = method.attribute(ids, mask, context, return_extras=True)
         assert scores.shape == ids.shape and isinstance(extras, dict), name

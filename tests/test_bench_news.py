@@ -63,7 +63,7 @@ def test_report_keys_and_finite_numbers(report):
     for removal in bench.REMOVALS:
         assert set(methods[removal]) == set(bench.SUBSETS)
         block = methods[removal]["all"]
-        assert list(block) == ["diffmask", "diffmask_loo", "ig", "random"]
+        assert list(block) == ["diffmask", "diffmask_effect", "diffmask_loo", "ig", "random"]
         for name, cell in block.items():
             assert cell["n_examples"] == 16
             for metric in bench.METHOD_METRICS:
@@ -71,8 +71,10 @@ def test_report_keys_and_finite_numbers(report):
                     continue  # the tiny random model may move no token's effect beyond 0.01
                 assert _finite(cell[metric]["mean"]), (removal, name, metric)
     names = [t["target"] for t in data["targets"]]
-    assert len(names) == 9 and all(t["met"] in (True, False, None) for t in data["targets"])
-    assert names[-2:] == [
+    assert len(names) == 11 and all(t["met"] in (True, False, None) for t in data["targets"])
+    assert names[-4:] == [
+        "DIFFMASK's set, effect-head order, sufficiency AOPC (removal baseline, all) <= IG's",
+        "DIFFMASK's set, effect-head order, deletion AUC (removal baseline, all) <= IG's",
         "DIFFMASK's set, leave-one-out order, sufficiency AOPC (removal baseline, all) <= IG's",
         "DIFFMASK's set, leave-one-out order, deletion AUC (removal baseline, all) <= IG's",
     ]

@@ -22,6 +22,7 @@ from attribution_analysis.evaluation.removal import OPERATIONS
 from attribution_analysis.evaluation.sanity import fresh_diffmask_like, sanity_check
 from attribution_analysis.methods.base import AttributionMethod
 from attribution_analysis.methods.diffmask import DIFFMASK
+from attribution_analysis.methods.diffmask.effect_head import EffectHead
 from attribution_analysis.methods.diffmask.train_diffmask import rebind_diffmask
 from attribution_analysis.methods.registry import TRAINED_DIFFMASK, build_method
 from attribution_analysis.methods.result import merge_subwords
@@ -35,10 +36,13 @@ def build_methods(
     diffmask: DIFFMASK | None,
     ig_steps: int,
     model=None,
+    quiet: bool = True,
+    effect_head: EffectHead | None = None,
 ) -> dict[str, AttributionMethod]:
     """Instantiate the named methods for the workspace's recommender (or ``model``): every
     method gets the same token ids and seed, plus its own options (IG's steps, the trained
-    DIFFMASK)."""
+    DIFFMASK; ``diffmask_effect``: ``effect_head`` when given, else a head fitted on
+    :func:`effect_titles`; ``quiet``: no progress bar while fitting it)."""
     model = model if model is not None else ws.model
     tok = ws.tokenizer
     common = {
@@ -48,7 +52,31 @@ def build_methods(
         "seed": ws.config.seed,
     }
     options = {"ig": {"n_steps": ig_steps}, **{n: {"diffmask": diffmask} for n in TRAINED_DIFFMASK}}
+    if "diffmask_effect" in names and effect_head is not None:
+        options["diffmask_effect"]["effect_head"] = effect_head
+    elif "diffmask_effect" in names:
+        options["diffmask_effect"]["titles"] = effect_titles(ws)
+        options["diffmask_effect"]["quiet"] = quiet or not ws.is_main
     return {name: build_method(name, model, **common, **options.get(name, {})) for name in names}
+
+
+EFFECT_TITLES = 3000
+"""At most this many titles of the train split (a seeded sample) fit ``diffmask_effect``'s
+effect head (one forward pass per title token, once per DIFFMASK)."""
+
+
+def effect_titles(
+    ws: Workspace, limit: int = EFFECT_TITLES, batch_size: int = 64
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches ``(input_ids, attention_mask)`` of the titles that the train split's impressions
+    show (history and candidates; a sample of ``limit`` chosen with the config's seed when
+    there are more), in token-table order."""
+    ids = list(dict.fromkeys(n for imp in ws.data.train for n in (*imp.history, *imp.candidates)))
+    if len(ids) > limit:
+        gen = torch.Generator().manual_seed(ws.config.seed)
+        ids = [ids[i] for i in torch.randperm(len(ids), generator=gen)[:limit].tolist()]
+    rows = torch.tensor(sorted(ws.data.table.lookup(ids)), dtype=torch.long)
+    return [ws.data.table.rows(chunk) for chunk in rows.split(batch_size)]
 
 
 def gold_lookup(ws: Workspace):
@@ -98,6 +126,7 @@ def sanity_rows(
     out_dir: Path | None = None,
     quiet: bool = True,
     retrain: bool = True,
+    effect_head: EffectHead | None = None,
 ) -> dict[str, dict[str, float | None]]:
     """Model-randomisation sanity check of each method (Adebayo et al. 2018): mean Spearman
     correlation of its attributions before and after randomising the news encoder's top
@@ -105,21 +134,27 @@ def sanity_rows(
 
     Returns ``{name: {"sanity_spearman": ..., "sanity_spearman_retrained": ...}}``:
 
-    * ``sanity_spearman`` (fixed probe): the method rebuilt on the randomised model; DIFFMASK
-      and ``diffmask_loo`` keep the trained probe and baseline (:func:`rebind_diffmask`).
+    * ``sanity_spearman`` (fixed probe): the method rebuilt on the randomised model; DIFFMASK,
+      ``diffmask_loo`` and ``diffmask_effect`` keep the trained probe and baseline
+      (:func:`rebind_diffmask`), ``diffmask_effect`` also its effect head (``effect_head``, or
+      one fitted on the original model).
     * ``sanity_spearman_retrained``: DIFFMASK's probe and baseline retrained from scratch on the
       randomised model (:func:`retrain_diffmask`, checkpoints in ``out_dir / SANITY_DIR``, a
       temporary folder without ``out_dir``); None for every other method (``diffmask_loo``
-      included: the retraining is measured once, for DIFFMASK), and for DIFFMASK when
-      ``retrain`` is false.
+      and ``diffmask_effect`` included: the retraining is measured once, for DIFFMASK), and
+      for DIFFMASK when ``retrain`` is false.
     """
     batches = list(ws.loader(examples))
+    if "diffmask_effect" in names and effect_head is None:
+        built = build_methods(ws, ["diffmask_effect"], diffmask, ws.config.ig_steps, quiet=quiet)
+        effect_head = built["diffmask_effect"].effect_head
     out: dict[str, dict[str, float | None]] = {}
     for name in names:
 
         def factory(model, name=name):
             dm = rebind_diffmask(diffmask, model) if name in TRAINED_DIFFMASK else None
-            return build_methods(ws, [name], dm, ws.config.ig_steps, model)[name]
+            return build_methods(ws, [name], dm, ws.config.ig_steps, model,
+                                 effect_head=effect_head)[name]  # fmt: skip
 
         fixed = sanity_check(
             factory, ws.model, batches, n_layers=SANITY_LAYERS, seed=ws.config.seed
@@ -167,7 +202,7 @@ def run_comparison(
 ) -> list[dict]:
     """Evaluate the methods on the config's held-out examples and write the table files."""
     _, _, test = split_examples(ws)
-    methods = build_methods(ws, names, diffmask, ws.config.ig_steps)
+    methods = build_methods(ws, names, diffmask, ws.config.ig_steps, quiet=quiet)
     device = next(ws.model.parameters()).device
     evals = evaluate_methods(
         methods,
@@ -184,9 +219,9 @@ def run_comparison(
     rows = comparison_table(evals, seed=ws.config.seed)
     sanity_examples = test[:SANITY_EXAMPLES]
     retrain = ws.config.sanity_retrain
-    sanity = sanity_rows(
-        ws, names, diffmask, sanity_examples, out_dir=out_dir, quiet=quiet, retrain=retrain
-    )
+    head = getattr(methods.get("diffmask_effect"), "effect_head", None)
+    sanity = sanity_rows(ws, names, diffmask, sanity_examples, out_dir=out_dir, quiet=quiet,
+                         retrain=retrain, effect_head=head)  # fmt: skip
     for row in rows:
         row.update(sanity[row["method"]])
     table = markdown_table(rows)

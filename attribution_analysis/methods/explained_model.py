@@ -131,6 +131,17 @@ class ExplainedModel(ABC):
         out = self.forward(word_embeddings, attention_mask, context, output_hidden_states=True)
         return out.hidden_states
 
+    linear_readout: bool = False
+    """True when the explained logit is linear in a pooled representation of the tokens:
+    ``logit = sign * context_vector(context) . pooled(...).output`` (NRMS: user . news vector)."""
+
+    def pooled(self, word_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> ModelOutput:
+        """The pooled representation ``output [batch, dim]`` (with ``hidden_states`` and
+        ``token_weights``) of a model with :attr:`linear_readout`; others raise ``ValueError``."""
+        raise ValueError(
+            f"the explained model ({self.name}) has no linear read-out of a pooled representation"
+        )
+
     @abstractmethod
     def divergence(
         self, original: torch.Tensor, masked: torch.Tensor, context: Context, kind: str
@@ -275,6 +286,16 @@ class NewsRecommenderAdapter(ExplainedModel):
     def hidden_states(self, word_embeddings, attention_mask, context):
         """The PLM's states only: no news-encoder head, no user vector."""
         return self.nrms.news_encoder.plm_states(word_embeddings, attention_mask)
+
+    linear_readout = True
+
+    def pooled(self, word_embeddings, attention_mask):
+        """The news vector ``output [batch, dim]``, every hidden state and the pooling weights;
+        the click score is ``user . output``."""
+        enc = self.nrms.news_encoder.forward_from_word_embeddings(
+            word_embeddings, attention_mask, output_hidden_states=True
+        )
+        return ModelOutput(enc.vectors, enc.hidden_states, enc.token_weights)
 
     def _impression_logits(self, score: torch.Tensor, context: Context):
         others = torch.einsum("bd,bnd->bn", context["user"], context["other_emb"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from attribution_analysis.methods.attention_method import AttentionMethod
 from attribution_analysis.methods.base import AttributionMethod
+from attribution_analysis.methods.diffmask.diffmask_effect_method import DiffMaskEffectMethod
 from attribution_analysis.methods.diffmask.diffmask_loo_method import (
     DiffMaskLeaveOneOutMethod,
     check_mask_layer,
@@ -19,6 +20,7 @@ METHODS: dict[str, type[AttributionMethod]] = {
     for cls in (
         DiffMaskMethod,
         DiffMaskLeaveOneOutMethod,
+        DiffMaskEffectMethod,
         IntegratedGradientsMethod,
         SaliencyMethod,
         InputXGradientMethod,
@@ -29,7 +31,7 @@ METHODS: dict[str, type[AttributionMethod]] = {
 }
 """Every method under its class's ``name`` (one name per method)."""
 
-TRAINED_DIFFMASK = ("diffmask", "diffmask_loo")
+TRAINED_DIFFMASK = ("diffmask", "diffmask_loo", "diffmask_effect")
 """Methods built on a trained DIFFMASK (``build_method(name, model, diffmask=...)``)."""
 
 
@@ -52,13 +54,15 @@ def build_method(name: str, model, **kwargs) -> AttributionMethod:
 def parse_method_list(text: str, mask_layer: int = 0) -> list[str]:
     """``"diffmask, ig,random"`` -> ``["diffmask", "ig", "random"]`` (validated, duplicates
     dropped, order kept). ``mask_layer``: the DIFFMASK's, when known, so that a method it
-    cannot serve (``diffmask_loo`` on a hidden-layer mask) fails before any training."""
+    cannot serve (``diffmask_loo`` or ``diffmask_effect`` on a hidden-layer mask) fails
+    before any training."""
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
         raise ValueError(f"no method names in {text!r}; valid names: {', '.join(METHODS)}")
     names = list(dict.fromkeys(_check_name(n) for n in names))
-    if "diffmask_loo" in names:
-        check_mask_layer(mask_layer)
+    for name in ("diffmask_loo", "diffmask_effect"):
+        if name in names:
+            check_mask_layer(mask_layer, name)
     return names
 
 

@@ -37,14 +37,14 @@ whatever the DIFFMASK's own read-out) is at least this; the threshold of the kep
 top words."""
 
 
-def check_mask_layer(mask_layer: int) -> None:
+def check_mask_layer(mask_layer: int, method: str = "diffmask_loo") -> None:
     """Refuse a DIFFMASK that masks hidden states (``mask_layer > 0``): its baseline is not a
-    word embedding, and ``diffmask_loo`` replaces word embeddings with it."""
+    word embedding, and ``method`` replaces word embeddings with it."""
     if mask_layer != 0:
         raise ValueError(
-            f"diffmask_loo replaces word embeddings by DIFFMASK's baseline, but this DIFFMASK "
+            f"{method} replaces word embeddings by DIFFMASK's baseline, but this DIFFMASK "
             f"masks the hidden states of layer {mask_layer} (mask_layer: 0 masks the input); "
-            "leave diffmask_loo out of the methods"
+            f"leave {method} out of the methods"
         )
 
 

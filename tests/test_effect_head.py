@@ -1,0 +1,166 @@
+"""``diffmask_effect``: the effect head's targets are exact leave-one-out effects, its fit is a
+ridge regression, and the method's scores follow the closed form."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attribution_analysis.methods.diffmask import DIFFMASK
+from attribution_analysis.methods.diffmask.diffmask_effect_method import DiffMaskEffectMethod
+from attribution_analysis.methods.diffmask.effect_head import (
+    EffectHead,
+    exact_effect_vectors,
+    fit_effect_head,
+    token_features,
+)
+from attribution_analysis.methods.occlusion import LeaveOneOutMethod
+from attribution_analysis.methods.registry import build_method, parse_method_list
+from tests.helpers_foundation import tiny_nrms
+
+TITLES = [
+    "stocks rally as markets cheer surprise rate cut",
+    "new vaccine trial shows promise",
+    "local team wins championship game in overtime thriller",
+    "storm warning",
+    "city council approves new budget for schools",
+    "actor reveals secret of his long career",
+]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """Tokenizer, tiny random NRMS, a DIFFMASK with spread keep probabilities, a batch and its
+    context."""
+    torch.set_num_threads(1)
+    tok, model = tiny_nrms()
+    torch.manual_seed(1)
+    dm = DIFFMASK(model, special_token_ids=tok.all_special_ids, mask_token_id=tok.mask_token_id)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for probe in dm.probe.probes:
+            probe.mlp[-1].weight.copy_(3.0 * torch.randn(probe.mlp[-1].weight.shape, generator=gen))
+        dm.baseline.copy_(torch.randn(dm.baseline.shape, generator=gen))
+    dm.eval()
+    enc = tok(TITLES, padding=True, return_tensors="pt")
+    context = {
+        "history_emb": torch.randn(len(TITLES), 5, model.dim, generator=gen),
+        "history_mask": torch.ones(len(TITLES), 5, dtype=torch.bool),
+    }
+    return tok, model, dm, enc["input_ids"], enc["attention_mask"], context
+
+
+def _titles(ids, mask, size=2):
+    return [(ids[i : i + size], mask[i : i + size]) for i in range(0, len(ids), size)]
+
+
+def test_effect_vectors_give_the_exact_leave_one_out_effects(setup):
+    """u . dv_i is the leave-one-out effect on the click score with DIFFMASK's baseline (NRMS's
+    score is linear in the news vector), measured here by leave-one-out itself."""
+    tok, model, dm, ids, mask, context = setup
+    loo = LeaveOneOutMethod(model, tok.all_special_ids, baseline_embedding=dm.baseline.detach())
+    expected = loo.attribute(ids, mask, context)
+    adapter = loo.adapter
+    scorable = loo.scorable(ids, mask)
+    dv, pooled = exact_effect_vectors(adapter, adapter.embed(ids), mask, scorable, dm.baseline)
+    user = adapter.context_vector(adapter.prepare_context(context))
+    effects = torch.einsum("btd,bd->bt", dv, user)
+    assert expected.abs().max() > 1e-3
+    torch.testing.assert_close(effects, expected, atol=1e-5, rtol=1e-4)
+    assert (dv[~scorable] == 0).all()
+    features = token_features(pooled)
+    layers = model.news_encoder.num_layers + 1
+    hidden = model.news_encoder.hidden_size
+    upper = layers - layers // 2
+    assert features.shape == (*ids.shape, (layers + upper) * hidden + model.dim + 1)
+
+
+def test_fit_is_the_ridge_solution_on_standardised_features():
+    """Against numpy's closed form at the chosen penalty; a noiseless linear target is
+    recovered."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 6, generator=gen) * torch.tensor([1.0, 2.0, 0.5, 3.0, 1.0, 1.0])
+    w = torch.randn(6, 3, generator=gen)
+    y = x @ w + 0.5
+    groups = torch.arange(400) // 4  # 100 "titles" of 4 tokens
+    head = EffectHead.fit(x, y, groups, grid=(1e-6, 10.0, 1e4))
+    assert float(head.ridge) == pytest.approx(1e-6)  # the least held-out error
+    torch.testing.assert_close(head(x), y, atol=1e-3, rtol=1e-3)
+    assert float(head.fit_r2) > 0.999
+    noisy = y + torch.randn(y.shape, generator=gen)
+    head = EffectHead.fit(x, noisy, groups, grid=(30.0,))
+    xn = x.double().numpy()
+    z = (xn - xn.mean(0)) / xn.std(0, ddof=1)
+    yn = noisy.double().numpy()
+    beta = np.linalg.solve(z.T @ z + 30.0 * np.eye(6), z.T @ (yn - yn.mean(0)))
+    np.testing.assert_allclose(head(x).double().numpy(), z @ beta + yn.mean(0), atol=1e-4)
+
+
+def test_fit_is_deterministic_and_needs_titles(setup):
+    tok, model, dm, ids, mask, _ = setup
+    method = LeaveOneOutMethod(model, tok.all_special_ids, baseline="zero")
+    args = (method.adapter, dm.baseline.detach(), _titles(ids, mask), method.scorable)
+    a, b = fit_effect_head(*args), fit_effect_head(*args)
+    for name, value in a.state_dict().items():
+        torch.testing.assert_close(value, b.state_dict()[name], equal_nan=True)
+    with pytest.raises(ValueError, match="needs titles"):
+        fit_effect_head(method.adapter, dm.baseline.detach(), [], method.scorable)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_scores_are_the_kept_set_ordered_by_the_head_estimate(setup, sign):
+    """score = [keep >= 0.5] + s e / (1 + |s e|) / 2, e = u . head(features), s the decision."""
+    tok, model, dm, ids, mask, context = setup
+    method = build_method(
+        "diffmask_effect", model, diffmask=dm, titles=_titles(ids, mask),
+        special_token_ids=tok.all_special_ids,
+    )  # fmt: skip
+    adapter = method.adapter
+    ctx = {**adapter.prepare_context(context), "decision_sign": torch.full((len(ids),), sign)}
+    scores = method.attribute(ids, mask, ctx)
+    keep = dm.get_attributions(ids, mask, **ctx)
+    scorable = method.scorable(ids, mask)
+    with torch.no_grad():
+        pooled = adapter.pooled(adapter.embed(ids), mask)
+        e = sign * torch.einsum("btd,bd->bt", method.effect_head(token_features(pooled)),
+                                ctx["user"])  # fmt: skip
+    expected = ((keep >= 0.5).float() + e / (1 + e.abs()) / 2) * scorable
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-5)
+    kept, dropped = (keep >= 0.5) & scorable, (keep < 0.5) & scorable
+    assert kept.any() and dropped.any() and (e[scorable].abs() > 1e-4).any()
+    decided = adapter.with_decision(ids, mask, adapter.prepare_context(context))
+    torch.testing.assert_close(method.attribute(ids, mask, context),
+                               method.attribute(ids, mask, decided))  # fmt: skip
+    results = method.explain(ids, mask, context)
+    assert results[0].metadata["method"] == "diffmask_effect"
+    assert results[0].metadata["settings"]["effect_head_ridge"] > 0
+
+
+def test_a_fitted_head_is_reused_and_bad_setups_are_refused(setup):
+    tok, model, dm, ids, mask, context = setup
+    fitted = DiffMaskEffectMethod(model, diffmask=dm, titles=_titles(ids, mask))
+    reused = DiffMaskEffectMethod(model, diffmask=dm, effect_head=fitted.effect_head)
+    torch.testing.assert_close(reused.attribute(ids, mask, context),
+                               fitted.attribute(ids, mask, context))  # fmt: skip
+    with pytest.raises(ValueError, match="exactly one of effect_head"):
+        DiffMaskEffectMethod(model, diffmask=dm)
+    ids_ = {"special_token_ids": tok.all_special_ids, "mask_token_id": tok.mask_token_id}
+    hidden = DIFFMASK(model, mask_layer=1, num_probe_layers=2, **ids_)
+    with pytest.raises(ValueError, match="layer 1 .*leave diffmask_effect out"):
+        DiffMaskEffectMethod(model, diffmask=hidden, titles=_titles(ids, mask))
+    with pytest.raises(ValueError, match="layer 2 .*leave diffmask_effect out"):
+        parse_method_list("diffmask, diffmask_effect", mask_layer=2)
+
+
+def test_a_model_without_a_linear_readout_is_refused():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=32, num_labels=2)  # fmt: skip
+    torch.manual_seed(0)
+    classifier = BertForSequenceClassification(config).eval()
+    dm = DIFFMASK(classifier, special_token_ids=[0], mask_token_id=1)
+    ids = torch.randint(2, 50, (2, 5))
+    with pytest.raises(ValueError, match="linear in a pooled representation"):
+        DiffMaskEffectMethod(classifier, diffmask=dm, titles=[(ids, torch.ones_like(ids))])
