@@ -1,9 +1,9 @@
 """Compare attribution methods on the same held-out examples.
 
     python -m attribution_analysis.compare_methods --config configs/attribution/nrms_bert_finetune.yaml \\
-        --methods diffmask,diffmask_loo,ig,attention,random --n_samples 100
+        --methods diffmask,diffmask_effect,diffmask_loo,ig,attention,random --n_samples 100
 
-DIFFMASK (for ``diffmask`` and ``diffmask_loo``) comes from ``--checkpoint`` or is trained on the
+DIFFMASK (for ``diffmask``, ``diffmask_effect`` and ``diffmask_loo``) comes from ``--checkpoint`` or is trained on the
 fly. Writes ``comparison.md``, ``comparison.csv``, ``comparison.json`` and
 ``deletion_curves.png`` / ``insertion_curves.png`` into
 ``<output_dir>/compare_<YYYYmmdd_HHMMSS>/`` and prints the table.
@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, help="attribution YAML config")
     p.add_argument(
-        "--methods", default="diffmask,diffmask_loo,ig,attention,random", help="comma-separated"
+        "--methods",
+        default="diffmask,diffmask_effect,diffmask_loo,ig,attention,random",
+        help="comma-separated",
     )
     p.add_argument("--n_samples", type=positive_int, help="held-out examples")
     p.add_argument("--checkpoint", help="trained DIFFMASK checkpoint (else trained on the fly)")

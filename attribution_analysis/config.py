@@ -304,7 +304,7 @@ class AttributionConfig:
     output_dir: str = "output/diffmask"
     diffmask: DiffMaskConfig = field(default_factory=DiffMaskConfig)
     compare_methods: list[str] = field(
-        default_factory=lambda: ["diffmask", "diffmask_loo", "ig", "random"]
+        default_factory=lambda: ["diffmask", "diffmask_effect", "diffmask_loo", "ig", "random"]
     )
     ig_steps: int = 50
     sanity_retrain: bool = True

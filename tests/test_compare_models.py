@@ -42,7 +42,7 @@ def _configs(root: Path) -> Path:
         (root / f"attr_{variant}.yaml").write_text(yaml.safe_dump(attr))
     compare = {"model_a": "attr_clean.yaml", "model_b": "attr_poisoned.yaml",
                "n_samples": 24, "min_support": 2, "n_boot": 100, "n_perm": 200,
-               "methods": ["diffmask", "leave_one_out", "diffmask_loo"],
+               "methods": ["diffmask", "leave_one_out", "diffmask_loo", "diffmask_effect"],
                "output_dir": "output/compare"}  # fmt: skip
     (root / "compare.yaml").write_text(yaml.safe_dump(compare))
     return root / "compare.yaml"
@@ -105,18 +105,21 @@ def test_known_words_are_the_corpus_trigger_words(run) -> None:
     assert set(loo["known_words"]["words"]) == set(known["words"])
 
 
-def test_diffmask_loo_keeps_diffmask_kept_shares(run) -> None:
-    """``diffmask_loo`` scores are DIFFMASK's keep decision plus a signed part in (-0.5, 0.5),
-    so its per-word kept shares under both models are exactly DIFFMASK's."""
+def test_diffmask_loo_and_effect_keep_diffmask_kept_shares(run) -> None:
+    """``diffmask_loo`` and ``diffmask_effect`` scores are DIFFMASK's keep decision plus a
+    signed part in (-0.5, 0.5), so their per-word kept shares under both models are exactly
+    DIFFMASK's (the tiny DIFFMASK of one epoch keeps every word: a plumbing check)."""
     _, folder = run
     rows = {r["word"]: r for r in _csv(folder / "words_diff.csv")[1]}
-    loo = {r["word"]: r for r in _csv(folder / "words_diff_diffmask_loo.csv")[1]}
-    assert set(loo) == set(rows) and rows
-    for word, row in rows.items():
-        assert (loo[word]["kept_a"], loo[word]["kept_b"]) == (row["kept_a"], row["kept_b"]), word
-    scores = [s for x in (folder / "model_b/attributions_diffmask_loo.jsonl").open()
-              for s in json.loads(x)["token_scores"]]  # fmt: skip
-    assert min(scores) > -0.5 and max(scores) < 1.5
+    for method in ("diffmask_loo", "diffmask_effect"):
+        loo = {r["word"]: r for r in _csv(folder / f"words_diff_{method}.csv")[1]}
+        assert set(loo) == set(rows) and rows
+        for word, row in rows.items():
+            kept = (loo[word]["kept_a"], loo[word]["kept_b"])
+            assert kept == (row["kept_a"], row["kept_b"]), (method, word)
+        scores = [s for x in (folder / f"model_b/attributions_{method}.jsonl").open()
+                  for s in json.loads(x)["token_scores"]]  # fmt: skip
+        assert min(scores) > -0.5 and max(scores) < 1.5
 
 
 def test_diffmask_loo_on_a_hidden_layer_diffmask_fails_before_training(run, tmp_path,

@@ -73,6 +73,7 @@ def test_run_folder_contents(trained_run):
     assert summary["test"]["n_samples"] == 12 and "auprc" in summary["test"]
     assert {r["method"] for r in summary["comparison"]} == {
         "diffmask",
+        "diffmask_effect",
         "diffmask_loo",
         "ig",
         "random",
