@@ -650,13 +650,16 @@ class DIFFMASK(nn.Module):
         history_emb: torch.Tensor | None = None,
         history_mask: torch.Tensor | None = None,
         readout: str | None = None,
+        hidden_states: tuple[torch.Tensor, ...] | None = None,
         **context: torch.Tensor,
     ) -> torch.Tensor:
         """Per-token attributions ``[batch, tokens]`` (0 on padding and special tokens).
 
         One forward pass of the explained model up to its hidden states (for the recommender:
         the PLM only, not the news encoder's head; the user vector only when the probe reads
-        it, ``probe_context="user"``) plus the probe.
+        it, ``probe_context="user"``) plus the probe; ``hidden_states`` (embedding output and
+        every layer, each ``[batch, tokens, hidden]``, of the unmasked input in eval mode)
+        skips that pass when the caller already ran it.
         ``history_emb [batch, history, dim]`` (and ``history_mask``) are the recommender's
         context; omit them for a classifier.
         """
@@ -666,8 +669,9 @@ class DIFFMASK(nn.Module):
         ctx = self._context(history_emb, history_mask, context)
         adapter = self.adapter
         with eval_mode(adapter.model):  # dropout off: attributions are deterministic
-            words = adapter.embed(input_ids)
-            hidden = adapter.hidden_states(words, attention_mask, ctx)
+            hidden = hidden_states
+            if hidden is None:
+                hidden = adapter.hidden_states(adapter.embed(input_ids), attention_mask, ctx)
             if self.settings["probe_context"] == "user":
                 ctx = adapter.prepare_context(ctx)
         scorable = self.scorable_mask(input_ids, attention_mask)

@@ -13,11 +13,11 @@ the decision's sign (+1 predicted click, -1 non-click). Every kept token ranks a
 dropped one (scores in (0.5, 1.5) and (-0.5, 0.5)); within each part, tokens predicted to
 support the decision first, those predicted to oppose it last.
 
-Cost: DIFFMASK's pass plus one forward pass of the explained model (for the features and,
-when the context lacks it, the decision) and a matrix product; fitting the head costs one
-forward pass per token of the fitting titles, once per DIFFMASK. It needs a DIFFMASK that
-masks the input (``mask_layer: 0``) and a model with a linear read-out
-(:attr:`ExplainedModel.linear_readout`: NRMS).
+Cost: one forward pass of the explained model, shared by DIFFMASK's probe, the head's
+features and (when the context lacks it) the decision, plus the probe and a matrix product;
+fitting the head costs one forward pass per token of the fitting titles, once per DIFFMASK.
+It needs a DIFFMASK that masks the input (``mask_layer: 0``) and a model with a linear
+read-out (:attr:`ExplainedModel.linear_readout`: NRMS).
 """
 
 from __future__ import annotations
@@ -102,8 +102,12 @@ class DiffMaskEffectMethod(DiffMaskMethod):
             if adapter.decision_key not in context:  # the score is user . pooled vector
                 score = (user * pooled.output).sum(-1)
                 context = {**context, adapter.decision_key: adapter.decision(score)}
-            keep = self.diffmask.get_attributions(
-                input_ids, attention_mask, readout="keep_probability", **context
+            keep = self.diffmask.get_attributions(  # the probe reads the same pass's states
+                input_ids,
+                attention_mask,
+                readout="keep_probability",
+                hidden_states=pooled.hidden_states,
+                **context,
             )
         head = self.effect_head.to(keep.device)
         dv = head(token_features(pooled))  # [batch, tokens, dim]
