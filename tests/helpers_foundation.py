@@ -149,3 +149,28 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def spread_diffmask(tok, model):
+    """An untrained DIFFMASK for ``model`` whose probes give spread-out keep probabilities (some
+    tokens kept, some dropped) and a baseline away from every word embedding (eval mode)."""
+    from attribution_analysis.methods.diffmask import DIFFMASK
+
+    torch.manual_seed(1)
+    dm = DIFFMASK(model, special_token_ids=tok.all_special_ids, mask_token_id=tok.mask_token_id)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for probe in dm.probe.probes:
+            probe.mlp[-1].weight.copy_(3.0 * torch.randn(probe.mlp[-1].weight.shape, generator=gen))
+        dm.baseline.copy_(torch.randn(dm.baseline.shape, generator=gen))
+    return dm.eval()
+
+
+def scores_for_decision(method, dm, ids, mask, context, sign: float) -> tuple:
+    """``method``'s scores with the decision forced to ``sign`` for every example: returns the
+    prepared context with that decision, the scores, DIFFMASK's keep probabilities and the
+    scorable mask."""
+    adapter = method.adapter
+    ctx = {**adapter.prepare_context(context), "decision_sign": torch.full((len(ids),), sign)}
+    scores = method.attribute(ids, mask, ctx)
+    return ctx, scores, dm.get_attributions(ids, mask, **ctx), method.scorable(ids, mask)

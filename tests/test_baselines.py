@@ -22,7 +22,7 @@ from attribution_analysis.methods.registry import (
     build_method,
     parse_method_list,
 )
-from tests.helpers_foundation import tiny_nrms
+from tests.helpers_foundation import scores_for_decision, spread_diffmask, tiny_nrms
 
 TITLES = [
     "stocks rally as markets cheer surprise rate cut",
@@ -319,30 +319,15 @@ def test_diffmask_method_refuses_other_token_ids(setup):
 
 
 # --------------------------------------------------------------------- DIFFMASK + leave-one-out
-def _spread_diffmask(tok, model) -> DIFFMASK:
-    """An untrained DIFFMASK whose probes give spread-out keep probabilities (some tokens kept,
-    some dropped) and a baseline away from every word embedding."""
-    dm = _diffmask(tok, model)
-    gen = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for probe in dm.probe.probes:
-            probe.mlp[-1].weight.copy_(3.0 * torch.randn(probe.mlp[-1].weight.shape, generator=gen))
-        dm.baseline.copy_(torch.randn(dm.baseline.shape, generator=gen))
-    return dm
-
-
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_diffmask_loo_is_the_kept_set_ordered_by_the_signed_effect(setup, sign):
     """score = [keep >= 0.5] + e / (1 + |e|) / 2, e = F(x) - F(x, token i -> the baseline), computed
     here position by position; F explains the decision (sign-flipped for a non-click)."""
     tok, model, ids, mask, context = setup
-    dm = _spread_diffmask(tok, model)
+    dm = spread_diffmask(tok, model)
     method = build_method("diffmask_loo", model, diffmask=dm, **_kwargs(tok, "leave_one_out"))
     adapter = method.adapter
-    ctx = {**adapter.prepare_context(context), "decision_sign": torch.full((len(ids),), sign)}
-    scores = method.attribute(ids, mask, ctx)
-    keep = dm.get_attributions(ids, mask, **ctx)
-    scorable = method.scorable(ids, mask)
+    ctx, scores, keep, scorable = scores_for_decision(method, dm, ids, mask, context, sign)
     with torch.no_grad():
         words = adapter.embed(ids)
         full = adapter.explained_logit(adapter.forward(words, mask, ctx).output, ctx)

@@ -17,7 +17,7 @@ from attribution_analysis.methods.diffmask.effect_head import (
 )
 from attribution_analysis.methods.occlusion import LeaveOneOutMethod
 from attribution_analysis.methods.registry import build_method, parse_method_list
-from tests.helpers_foundation import tiny_nrms
+from tests.helpers_foundation import scores_for_decision, spread_diffmask, tiny_nrms
 
 TITLES = [
     "stocks rally as markets cheer surprise rate cut",
@@ -35,14 +35,8 @@ def setup():
     context."""
     torch.set_num_threads(1)
     tok, model = tiny_nrms()
-    torch.manual_seed(1)
-    dm = DIFFMASK(model, special_token_ids=tok.all_special_ids, mask_token_id=tok.mask_token_id)
-    gen = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for probe in dm.probe.probes:
-            probe.mlp[-1].weight.copy_(3.0 * torch.randn(probe.mlp[-1].weight.shape, generator=gen))
-        dm.baseline.copy_(torch.randn(dm.baseline.shape, generator=gen))
-    dm.eval()
+    dm = spread_diffmask(tok, model)
+    gen = torch.Generator().manual_seed(8)
     enc = tok(TITLES, padding=True, return_tensors="pt")
     context = {
         "history_emb": torch.randn(len(TITLES), 5, model.dim, generator=gen),
@@ -117,10 +111,7 @@ def test_scores_are_the_kept_set_ordered_by_the_head_estimate(setup, sign):
         special_token_ids=tok.all_special_ids,
     )  # fmt: skip
     adapter = method.adapter
-    ctx = {**adapter.prepare_context(context), "decision_sign": torch.full((len(ids),), sign)}
-    scores = method.attribute(ids, mask, ctx)
-    keep = dm.get_attributions(ids, mask, **ctx)
-    scorable = method.scorable(ids, mask)
+    ctx, scores, keep, scorable = scores_for_decision(method, dm, ids, mask, context, sign)
     with torch.no_grad():
         pooled = adapter.pooled(adapter.embed(ids), mask)
         e = sign * torch.einsum("btd,bd->bt", method.effect_head(token_features(pooled)),
