@@ -81,7 +81,11 @@ def test_fit_is_the_ridge_solution_on_standardised_features():
     head = EffectHead.fit(x, y, groups, grid=(1e-6, 10.0, 1e4))
     assert float(head.ridge) == pytest.approx(1e-6)  # the least held-out error
     torch.testing.assert_close(head(x), y, atol=1e-3, rtol=1e-3)
-    assert float(head.fit_r2) > 0.999
+    assert torch.isnan(head.fit_spearman)  # chosen by squared error
+    users = torch.randn(20, 3, generator=gen)
+    ranked = EffectHead.fit(x, y, groups, users=users, grid=(1e6, 1e-6))
+    assert float(ranked.ridge) == pytest.approx(1e-6)  # orders every held-out title exactly
+    assert float(ranked.fit_spearman) == pytest.approx(1.0)
     noisy = y + torch.randn(y.shape, generator=gen)
     head = EffectHead.fit(x, noisy, groups, grid=(30.0,))
     xn = x.double().numpy()

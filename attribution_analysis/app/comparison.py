@@ -24,10 +24,12 @@ from attribution_analysis.methods.base import AttributionMethod
 from attribution_analysis.methods.diffmask import DIFFMASK
 from attribution_analysis.methods.diffmask.effect_head import EffectHead
 from attribution_analysis.methods.diffmask.train_diffmask import rebind_diffmask
+from attribution_analysis.methods.explained_model import make_adapter
 from attribution_analysis.methods.registry import TRAINED_DIFFMASK, build_method
 from attribution_analysis.methods.result import merge_subwords
 from attribution_analysis.reporting.plots import plot_curves
 from attribution_analysis.utils.io import atomic_write_json, atomic_write_text
+from attribution_analysis.utils.modes import eval_mode
 
 
 def build_methods(
@@ -56,6 +58,7 @@ def build_methods(
         options["diffmask_effect"]["effect_head"] = effect_head
     elif "diffmask_effect" in names:
         options["diffmask_effect"]["titles"] = effect_titles(ws)
+        options["diffmask_effect"]["users"] = effect_users(ws, model)
         options["diffmask_effect"]["quiet"] = quiet or not ws.is_main
     return {name: build_method(name, model, **common, **options.get(name, {})) for name in names}
 
@@ -77,6 +80,23 @@ def effect_titles(
         ids = [ids[i] for i in torch.randperm(len(ids), generator=gen)[:limit].tolist()]
     rows = torch.tensor(sorted(ws.data.table.lookup(ids)), dtype=torch.long)
     return [ws.data.table.rows(chunk) for chunk in rows.split(batch_size)]
+
+
+@torch.no_grad()
+def effect_users(ws: Workspace, model=None) -> torch.Tensor:
+    """The user vectors ``[examples, dim]`` of DIFFMASK's training examples under ``model``
+    (default: the workspace's): the effect head's ridge penalty is the one that orders
+    held-out titles best for them."""
+    model = model if model is not None else ws.model
+    adapter = make_adapter(model)
+    device = next(model.parameters()).device
+    train, _, _ = split_examples(ws)
+    users = []
+    with eval_mode(model):
+        for batch in ws.loader(train):
+            context = {k: batch[k].to(device) for k in ("history_emb", "history_mask")}
+            users.append(adapter.context_vector(adapter.prepare_context(context)).float().cpu())
+    return torch.cat(users)
 
 
 def gold_lookup(ws: Workspace):

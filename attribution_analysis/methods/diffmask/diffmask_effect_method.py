@@ -46,8 +46,9 @@ class DiffMaskEffectMethod(DiffMaskMethod):
         effect_head: a fitted :class:`EffectHead`; or
         titles: batches ``(input_ids, attention_mask)`` to fit one on (with DIFFMASK's current
             baseline) when the method is built.
-        users: ``[m, dim]`` readout vectors (NRMS: user vectors) that weigh the error when the
-            ridge penalty is chosen (optional).
+        users: ``[m, dim]`` readout vectors (NRMS: user vectors) under which the ridge penalty
+            that orders held-out titles best is chosen (optional; else the least squared
+            error).
         quiet: no progress bar while fitting.
     """
 
@@ -88,7 +89,7 @@ class DiffMaskEffectMethod(DiffMaskMethod):
             "logit, DIFFMASK's baseline",
             "kept_at": KEPT_AT,
             "effect_head_ridge": float(self.effect_head.ridge),
-            "effect_head_r2": float(self.effect_head.fit_r2),
+            "effect_head_spearman": float(self.effect_head.fit_spearman),
         }
 
     @torch.no_grad()

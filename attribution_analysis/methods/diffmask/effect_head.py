@@ -20,14 +20,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from scipy.stats import spearmanr
 from torch import nn
 from tqdm.auto import tqdm
 
 from attribution_analysis.methods.explained_model import ExplainedModel, ModelOutput
 
-RIDGE_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0)
-"""Ridge penalties tried (on standardised features); the one with the least squared error on a
-held-out tenth of the fitting titles is used to refit on all of them."""
+RIDGE_GRID = (1.0, 10.0, 100.0, 1e3, 1e4, 3e4, 1e5)
+"""Ridge penalties tried (on standardised features), each judged on a held-out tenth of the
+fitting titles (:meth:`EffectHead.fit`); the chosen one refits on all of them."""
 
 
 def token_features(pooled: ModelOutput) -> torch.Tensor:
@@ -85,9 +86,9 @@ class EffectHead(nn.Module):
     """``dv_hat = ((features - mean) / scale) @ weight + bias`` (module docstring).
 
     Buffers: ``mean [features]``, ``scale [features]``, ``weight [features, dim]``,
-    ``bias [dim]`` (the targets' mean: the penalty does not shrink it),
-    ``ridge`` (the chosen penalty), ``fit_r2`` (share of the held-out variance of ``u . dv``
-    explained, under the fitting users' second moment, at the chosen penalty).
+    ``bias [dim]`` (the targets' mean: the penalty does not shrink it), ``ridge`` (the chosen
+    penalty), ``fit_spearman`` (the held-out ranking score at that penalty; nan when the
+    penalty was chosen by squared error).
     """
 
     def __init__(self, n_features: int, dim: int) -> None:
@@ -97,7 +98,7 @@ class EffectHead(nn.Module):
         self.register_buffer("weight", torch.zeros(n_features, dim))
         self.register_buffer("bias", torch.zeros(dim))
         self.register_buffer("ridge", torch.tensor(0.0))
-        self.register_buffer("fit_r2", torch.tensor(float("nan")))
+        self.register_buffer("fit_spearman", torch.tensor(float("nan")))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``[..., features]`` -> ``[..., dim]``."""
@@ -115,56 +116,92 @@ class EffectHead(nn.Module):
         seed: int = 0,
     ) -> EffectHead:
         """Ridge regression (with an unpenalised intercept) of ``targets [n, dim]`` on
-        ``features [n, features]``, each feature standardised.
+        ``features [n, features]``, each feature standardised; solved in float64.
 
-        ``groups [n]``: the title of each row; a seeded tenth of the titles is held out to pick
-        the penalty from ``grid``, then the head is refitted on every row. ``users [m, dim]``
-        (optional): readout vectors whose second moment ``S`` weighs the held-out error
-        ``(dv_hat - dv)^T S (dv_hat - dv)``, the expected squared error of ``u . dv`` (plain
-        squared error without). Solved in float64.
+        ``groups [n]``: the title of each row (an index >= 0). A seeded tenth of the titles
+        is held out to pick the penalty from ``grid``, then the head is refitted on every
+        row. With ``users
+        [m, dim]`` (readout vectors, e.g. user vectors) the penalty that orders each held-out
+        title's tokens best is chosen: the mean Spearman correlation between ``u . dv_hat``
+        and ``u . dv`` over the held-out titles, each with :data:`USERS_PER_TITLE` users drawn
+        with ``seed`` (the order is what the method uses; measured on the news benchmark, the
+        squared error favours a penalty about 300 times smaller that orders worse). Without
+        users, the least squared error.
         """
         if len(features) < 2:
             raise ValueError("fitting the effect head needs at least two scorable tokens")
-        titles = torch.unique(groups)
         gen = torch.Generator().manual_seed(seed)
+        titles = torch.unique(groups)
         held = titles[torch.randperm(len(titles), generator=gen)[: max(1, len(titles) // 10)]]
         val = torch.isin(groups, held)
         if val.all() or not val.any():
             val = torch.zeros_like(val)
             val[::10] = True
-        s = torch.eye(targets.shape[1], dtype=torch.float64)
+        picks = None
         if users is not None:
-            u = users.double()
-            s = u.T @ u / len(u)
-
-        def solve(x: torch.Tensor, y: torch.Tensor, lam: float) -> tuple:
-            mean, scale = x.mean(0), x.std(0).clamp_min(1e-6)
-            z = ((x - mean) / scale).double()
-            bias = y.double().mean(0)
-            a = z.T @ z + lam * torch.eye(z.shape[1], dtype=torch.float64)
-            return mean, scale, torch.linalg.solve(a, z.T @ (y.double() - bias)), bias
-
-        def weighted(d: torch.Tensor) -> float:
-            return float(((d @ s) * d).sum(-1).mean())
-
+            n_groups = int(groups.max()) + 1
+            picks = torch.randint(len(users), (n_groups, USERS_PER_TITLE), generator=gen)
+        train = _Ridge(features[~val], targets[~val])
         best = None
         for lam in grid:
-            mean, scale, w, bias = solve(features[~val], targets[~val], lam)
-            pred = ((features[val] - mean) / scale).double() @ w + bias
-            err = weighted(pred - targets[val].double())
-            if best is None or err < best[0]:
-                best = (err, lam)
-        err, lam = best
-        total = weighted(targets[val].double() - targets[val].double().mean(0))
+            pred = train.predict(features[val], lam)
+            if users is None:
+                score = -float(((pred - targets[val].double()) ** 2).sum(-1).mean())
+            else:
+                score = _ranking_score(pred, targets[val], groups[val], users, picks)
+            if best is None or score > best[0]:
+                best = (score, lam)
+        score, lam = best
+        full = _Ridge(features, targets)
         head = cls(features.shape[1], targets.shape[1])
-        mean, scale, w, bias = solve(features, targets, lam)
-        head.mean.copy_(mean)
-        head.scale.copy_(scale)
-        head.weight.copy_(w.float())
-        head.bias.copy_(bias.float())
+        head.mean.copy_(full.mean)
+        head.scale.copy_(full.scale)
+        head.weight.copy_(full.weights(lam).float())
+        head.bias.copy_(full.bias.float())
         head.ridge.fill_(lam)
-        head.fit_r2.fill_(1.0 - err / total if total > 0 else float("nan"))
+        head.fit_spearman.fill_(score if users is not None else float("nan"))
         return head
+
+
+USERS_PER_TITLE = 4
+"""Readout vectors drawn per held-out title when the ridge penalty is chosen by ranking."""
+
+
+class _Ridge:
+    """Standardised ridge regression for many penalties at once (one eigendecomposition):
+    ``W(lam) = Q diag(1 / (e + lam)) Q^T Z^T (Y - mean(Y))`` with ``Z^T Z = Q diag(e) Q^T``."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.mean, self.scale = x.mean(0), x.std(0).clamp_min(1e-6)
+        z = ((x - self.mean) / self.scale).double()
+        self.bias = y.double().mean(0)
+        self.eigvals, self.eigvecs = torch.linalg.eigh(z.T @ z)
+        self.projected = self.eigvecs.T @ (z.T @ (y.double() - self.bias))  # [features, dim]
+
+    def weights(self, lam: float) -> torch.Tensor:
+        return self.eigvecs @ (self.projected / (self.eigvals.clamp_min(0) + lam)[:, None])
+
+    def predict(self, x: torch.Tensor, lam: float) -> torch.Tensor:
+        return ((x - self.mean) / self.scale).double() @ self.weights(lam) + self.bias
+
+
+def _ranking_score(
+    pred: torch.Tensor, target: torch.Tensor, groups: torch.Tensor, users: torch.Tensor, picks
+) -> float:
+    """Mean Spearman correlation, over (title, user) pairs, of ``u . pred`` against
+    ``u . target`` across the title's rows (titles of fewer than 3 rows and constant sides
+    skipped); ``picks [titles, k]``: the user indices of each title (``groups`` >= 0)."""
+    rs = []
+    for title in torch.unique(groups):
+        rows = torch.nonzero(groups == title).flatten()
+        if len(rows) < 3:
+            continue
+        u = users[picks[int(title)]].double().T  # [dim, k]
+        p, y = pred[rows] @ u, target[rows].double() @ u  # [tokens, k]
+        for k in range(u.shape[1]):
+            if float(p[:, k].std()) > 0 and float(y[:, k].std()) > 0:
+                rs.append(float(spearmanr(p[:, k].numpy(), y[:, k].numpy())[0]))
+    return sum(rs) / len(rs) if rs else float("-inf")
 
 
 @torch.no_grad()
