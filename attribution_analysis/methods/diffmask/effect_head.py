@@ -10,7 +10,8 @@ exactly into a user part and a title part:
 ``dv_i`` ``[dim]`` depends on the title alone, so it can be learned from titles without any
 user or label: the :class:`EffectHead` is a ridge regression from features of the original
 forward pass (hidden states, pooling weights, pooled vector) to ``dv_i``, fitted on the exact
-``dv_i`` of training titles (:func:`fit_effect_head`; one forward pass per title token, once).
+``dv_i`` of training titles (:func:`fit_effect_head`; one forward pass per title token, once),
+its penalty chosen by how well ``u . dv_hat`` orders held-out titles for sample users.
 At attribution time ``u . head(features)`` costs one forward pass and a matrix product, like
 DIFFMASK's own probe.
 """
