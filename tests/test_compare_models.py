@@ -122,20 +122,23 @@ def test_diffmask_loo_and_effect_keep_diffmask_kept_shares(run) -> None:
         assert min(scores) > -0.5 and max(scores) < 1.5
 
 
-def test_diffmask_loo_on_a_hidden_layer_diffmask_fails_before_training(run, tmp_path,
-                                                                       capsys) -> None:  # fmt: skip
+@pytest.mark.parametrize("method", ["diffmask_loo", "diffmask_effect"])
+def test_an_input_only_method_on_a_hidden_layer_diffmask_fails_before_training(
+    run, tmp_path, capsys, method
+) -> None:
     root, _ = run
     attr = yaml.safe_load((root / "attr_poisoned.yaml").read_text())
     attr["diffmask"]["gates"] = {"mask_layer": 1}
     (root / "attr_hidden.yaml").write_text(yaml.safe_dump(attr))
     compare = yaml.safe_load((root / "compare.yaml").read_text())
     compare["model_b"] = "attr_hidden.yaml"
+    compare["methods"] = ["diffmask", method]
     (root / "compare_hidden.yaml").write_text(yaml.safe_dump(compare))
     capsys.readouterr()
     argv = ["--config", "compare_hidden.yaml", "--quiet", "--output_dir", str(tmp_path)]
     assert _main_in(root, argv) == 2
     err = capsys.readouterr().err
-    assert "diffmask_loo" in err and "layer 1" in err and "Traceback" not in err
+    assert method in err and "layer 1" in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())  # nothing trained, no run folder
 
 

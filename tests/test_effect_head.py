@@ -10,6 +10,7 @@ import torch
 from attribution_analysis.methods.diffmask import DIFFMASK
 from attribution_analysis.methods.diffmask.diffmask_effect_method import DiffMaskEffectMethod
 from attribution_analysis.methods.diffmask.effect_head import (
+    RIDGE_GRID,
     EffectHead,
     exact_effect_vectors,
     fit_effect_head,
@@ -32,7 +33,8 @@ TITLES = [
 @pytest.fixture(scope="module")
 def setup():
     """Tokenizer, tiny random NRMS, a DIFFMASK with spread keep probabilities, a batch and its
-    context."""
+    context (one thread inside the module, for bit-identical reruns; restored after)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     tok, model = tiny_nrms()
     dm = spread_diffmask(tok, model)
@@ -42,7 +44,8 @@ def setup():
         "history_emb": torch.randn(len(TITLES), 5, model.dim, generator=gen),
         "history_mask": torch.ones(len(TITLES), 5, dtype=torch.bool),
     }
-    return tok, model, dm, enc["input_ids"], enc["attention_mask"], context
+    yield tok, model, dm, enc["input_ids"], enc["attention_mask"], context
+    torch.set_num_threads(threads)
 
 
 def _titles(ids, mask, size=2):
@@ -95,13 +98,38 @@ def test_fit_is_the_ridge_solution_on_standardised_features():
     np.testing.assert_allclose(head(x).double().numpy(), z @ beta + yn.mean(0), atol=1e-4)
 
 
-def test_fit_is_deterministic_and_needs_titles(setup):
+def test_ranking_without_rankable_titles_falls_back_to_the_squared_error():
+    """Titles of two tokens cannot be ranked (a Spearman correlation needs 3): the penalty is
+    the least held-out squared error, as without users, and no ranking score is recorded."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(200, 4, generator=gen)
+    y = x @ torch.randn(4, 3, generator=gen) + 0.1 * torch.randn(200, 3, generator=gen)
+    groups = torch.arange(200) // 2
+    users = torch.randn(5, 3, generator=gen)
+    plain = EffectHead.fit(x, y, groups, grid=(1e-3, 1e4))
+    ranked = EffectHead.fit(x, y, groups, users=users, grid=(1e-3, 1e4))
+    assert float(ranked.ridge) == float(plain.ridge) == pytest.approx(1e-3)
+    assert torch.isnan(ranked.fit_spearman)
+    with pytest.raises(ValueError, match="at least three scorable tokens"):
+        EffectHead.fit(x[:2], y[:2], groups[:2])
+
+
+def test_fit_is_deterministic_in_eval_mode_and_needs_titles(setup):
+    """The same head twice, and the same from a model left in train mode (dropout off while
+    fitting, the model's mode restored)."""
     tok, model, dm, ids, mask, _ = setup
     method = LeaveOneOutMethod(model, tok.all_special_ids, baseline="zero")
     args = (method.adapter, dm.baseline.detach(), _titles(ids, mask), method.scorable)
     a, b = fit_effect_head(*args), fit_effect_head(*args)
+    model.train()
+    try:
+        c = fit_effect_head(*args)
+        assert model.training
+    finally:
+        model.eval()
     for name, value in a.state_dict().items():
         torch.testing.assert_close(value, b.state_dict()[name], equal_nan=True)
+        torch.testing.assert_close(value, c.state_dict()[name], equal_nan=True)
     with pytest.raises(ValueError, match="needs titles"):
         fit_effect_head(method.adapter, dm.baseline.detach(), [], method.scorable)
 
@@ -131,7 +159,8 @@ def test_scores_are_the_kept_set_ordered_by_the_head_estimate(setup, sign):
                                method.attribute(ids, mask, decided))  # fmt: skip
     results = method.explain(ids, mask, context)
     assert results[0].metadata["method"] == "diffmask_effect"
-    assert results[0].metadata["settings"]["effect_head_ridge"] > 0
+    assert results[0].metadata["settings"]["effect_head_ridge"] in RIDGE_GRID
+    assert results[0].metadata["settings"]["readout"] == "keep_probability"
 
 
 def test_a_fitted_head_is_reused_and_bad_setups_are_refused(setup):
@@ -142,6 +171,15 @@ def test_a_fitted_head_is_reused_and_bad_setups_are_refused(setup):
                                fitted.attribute(ids, mask, context))  # fmt: skip
     with pytest.raises(ValueError, match="exactly one of effect_head"):
         DiffMaskEffectMethod(model, diffmask=dm)
+    saved = dm.baseline.detach().clone()
+    try:
+        with torch.no_grad():
+            dm.baseline.add_(0.01)  # as if DIFFMASK had trained on
+        with pytest.raises(RuntimeError, match="baseline changed .*build diffmask_effect again"):
+            fitted.attribute(ids, mask, context)
+    finally:
+        with torch.no_grad():
+            dm.baseline.copy_(saved)
     ids_ = {"special_token_ids": tok.all_special_ids, "mask_token_id": tok.mask_token_id}
     hidden = DIFFMASK(model, mask_layer=1, num_probe_layers=2, **ids_)
     with pytest.raises(ValueError, match="layer 1 .*leave diffmask_effect out"):

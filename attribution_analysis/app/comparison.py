@@ -44,7 +44,9 @@ def build_methods(
     """Instantiate the named methods for the workspace's recommender (or ``model``): every
     method gets the same token ids and seed, plus its own options (IG's steps, the trained
     DIFFMASK; ``diffmask_effect``: ``effect_head`` when given, else a head fitted on
-    :func:`effect_titles`; ``quiet``: no progress bar while fitting it)."""
+    :func:`effect_titles`, its penalty chosen for :func:`effect_users`; ``quiet``: no progress
+    bar while fitting it). Under several processes every process fits the same head (the
+    same titles and seed; bit-identical on CPU, GPU kernels may differ in the last bits)."""
     model = model if model is not None else ws.model
     tok = ws.tokenizer
     common = {
@@ -56,7 +58,7 @@ def build_methods(
     options = {"ig": {"n_steps": ig_steps}, **{n: {"diffmask": diffmask} for n in TRAINED_DIFFMASK}}
     if "diffmask_effect" in names and effect_head is not None:
         options["diffmask_effect"]["effect_head"] = effect_head
-    elif "diffmask_effect" in names:
+    elif "diffmask_effect" in names and diffmask is not None:  # else refused when built
         options["diffmask_effect"]["titles"] = effect_titles(ws)
         options["diffmask_effect"]["users"] = effect_users(ws, model)
         options["diffmask_effect"]["quiet"] = quiet or not ws.is_main
@@ -84,9 +86,10 @@ def effect_titles(
 
 @torch.no_grad()
 def effect_users(ws: Workspace, model=None) -> torch.Tensor:
-    """The user vectors ``[examples, dim]`` of DIFFMASK's training examples under ``model``
-    (default: the workspace's): the effect head's ridge penalty is the one that orders
-    held-out titles best for them."""
+    """The user vectors ``[examples, dim]`` of the workspace's DIFFMASK training examples
+    (:func:`split_examples`) under ``model`` (default: the workspace's): the effect head's
+    ridge penalty is the one that orders held-out titles best for them. Only the users are
+    read, never a label."""
     model = model if model is not None else ws.model
     adapter = make_adapter(model)
     device = next(model.parameters()).device

@@ -22,6 +22,7 @@ read-out (:attr:`ExplainedModel.linear_readout`: NRMS).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -43,9 +44,13 @@ class DiffMaskEffectMethod(DiffMaskMethod):
     the module docstring). Arguments as :class:`DiffMaskMethod`, plus:
 
     Args:
-        effect_head: a fitted :class:`EffectHead`; or
+        effect_head: a fitted :class:`EffectHead` (fitted under DIFFMASK's current baseline);
+            or
         titles: batches ``(input_ids, attention_mask)`` to fit one on (with DIFFMASK's current
             baseline) when the method is built.
+
+    The head belongs to the baseline it was fitted under: an attribution after DIFFMASK's
+    baseline has changed (further training) is refused; build the method again.
         users: ``[m, dim]`` readout vectors (NRMS: user vectors) under which the ridge penalty
             that orders held-out titles best is chosen (optional; else the least squared
             error).
@@ -68,34 +73,42 @@ class DiffMaskEffectMethod(DiffMaskMethod):
         check_linear_readout(self.adapter)
         if (effect_head is None) == (titles is None):
             raise ValueError("pass exactly one of effect_head= (fitted) or titles= (to fit one)")
+        self._fitted_baseline = self.diffmask.baseline.detach().clone()  # [hidden]
         if effect_head is None:
-            with eval_mode(self.adapter.model):
-                effect_head = fit_effect_head(
-                    self.adapter,
-                    self.diffmask.baseline.detach(),
-                    titles,
-                    self.scorable,
-                    users=users,
-                    seed=self.seed,
-                    quiet=quiet,
-                )
+            effect_head = fit_effect_head(
+                self.adapter,
+                self._fitted_baseline,
+                titles,
+                self.scorable,
+                users=users,
+                seed=self.seed,
+                quiet=quiet,
+            )
         self.effect_head = effect_head
 
     def settings(self) -> dict:
+        spearman = float(self.effect_head.fit_spearman)
         return {
             **super().settings(),
+            "readout": "keep_probability",
             "order": "kept set (keep probability >= 0.5) first; each part by e / (1 + |e|) / 2, "
             "e the effect head's estimate of the leave-one-out effect on the decision's "
             "logit, DIFFMASK's baseline",
             "kept_at": KEPT_AT,
             "effect_head_ridge": float(self.effect_head.ridge),
-            "effect_head_spearman": float(self.effect_head.fit_spearman),
+            "effect_head_spearman": spearman if math.isfinite(spearman) else None,
         }
 
     @torch.no_grad()
     def _attribute(self, input_ids, attention_mask, context) -> torch.Tensor:
         """Scores ``[batch, tokens]`` in (-0.5, 1.5) (0 on padding and special tokens)."""
         adapter = self.adapter
+        baseline = self.diffmask.baseline.detach()
+        if not torch.equal(baseline, self._fitted_baseline.to(baseline.device)):
+            raise RuntimeError(
+                "DIFFMASK's baseline changed after the effect head was fitted under it (further "
+                "training?): build diffmask_effect again to refit the head"
+            )
         context = adapter.prepare_context(context)
         with eval_mode(self.diffmask, adapter.model):
             pooled = adapter.pooled(adapter.embed(input_ids), attention_mask)
@@ -112,7 +125,7 @@ class DiffMaskEffectMethod(DiffMaskMethod):
             )
         head = self.effect_head.to(keep.device)
         dv = head(token_features(pooled))  # [batch, tokens, dim]
-        sign = context[adapter.decision_key].float()  # [batch]
+        sign = context[adapter.decision_key].float().to(user.device)  # [batch]
         user = user.float()
         effects = sign[:, None] * torch.einsum("btd,bd->bt", dv, user)
         kept = (keep >= KEPT_AT).to(effects.dtype)

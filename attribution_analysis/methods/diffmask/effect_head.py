@@ -11,7 +11,8 @@ exactly into a user part and a title part:
 user or label: the :class:`EffectHead` is a ridge regression from features of the original
 forward pass (hidden states, pooling weights, pooled vector) to ``dv_i``, fitted on the exact
 ``dv_i`` of training titles (:func:`fit_effect_head`; one forward pass per title token, once),
-its penalty chosen by how well ``u . dv_hat`` orders held-out titles for sample users.
+its penalty chosen by how well ``u . dv_hat`` orders held-out titles for sample users (user
+vectors; without them, by the held-out squared error).
 At attribution time ``u . head(features)`` costs one forward pass and a matrix product, like
 DIFFMASK's own probe.
 """
@@ -26,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from attribution_analysis.methods.explained_model import ExplainedModel, ModelOutput
+from attribution_analysis.utils.modes import eval_mode
 
 RIDGE_GRID = (1.0, 10.0, 100.0, 1e3, 1e4, 3e4, 1e5)
 """Ridge penalties tried (on standardised features), each judged on a held-out tenth of the
@@ -67,19 +69,22 @@ def exact_effect_vectors(
 ) -> tuple[torch.Tensor, ModelOutput]:
     """``dv [batch, tokens, dim]``: the pooled vector minus the pooled vector with the token's
     word embedding replaced by ``baseline [hidden]`` (0 where not ``scorable``); also the
-    original pass's :meth:`ExplainedModel.pooled` output. One pass per scorable position."""
-    original = adapter.pooled(word_embeddings, attention_mask)
-    vectors = original.output.float()
-    batch, tokens = scorable.shape
-    dv = torch.zeros(batch, tokens, vectors.shape[-1], device=vectors.device)
-    fill = baseline.to(word_embeddings.device, word_embeddings.dtype)
-    for t in range(tokens):
-        rows = scorable[:, t]
-        if not rows.any():
-            continue
-        words = word_embeddings[rows].clone()
-        words[:, t] = fill
-        dv[rows, t] = vectors[rows] - adapter.pooled(words, attention_mask[rows]).output.float()
+    original pass's :meth:`ExplainedModel.pooled` output. One pass per scorable position, the
+    model in eval mode (no dropout)."""
+    with eval_mode(adapter.model):
+        original = adapter.pooled(word_embeddings, attention_mask)
+        vectors = original.output.float()
+        batch, tokens = scorable.shape
+        dv = torch.zeros(batch, tokens, vectors.shape[-1], device=vectors.device)
+        fill = baseline.to(word_embeddings.device, word_embeddings.dtype)
+        for t in range(tokens):
+            rows = scorable[:, t]
+            if not rows.any():
+                continue
+            words = word_embeddings[rows].clone()
+            words[:, t] = fill
+            changed = adapter.pooled(words, attention_mask[rows]).output.float()
+            dv[rows, t] = vectors[rows] - changed
     return dv, original
 
 
@@ -127,15 +132,16 @@ class EffectHead(nn.Module):
         and ``u . dv`` over the held-out titles, each with :data:`USERS_PER_TITLE` users drawn
         with ``seed`` (the order is what the method uses; measured on the news benchmark, the
         squared error favours a penalty about 300 times smaller that orders worse). Without
-        users, the least squared error.
+        users, or when no held-out title has the 3 scorable tokens a ranking needs, the least
+        squared error.
         """
-        if len(features) < 2:
-            raise ValueError("fitting the effect head needs at least two scorable tokens")
+        if len(features) < 3:
+            raise ValueError("fitting the effect head needs at least three scorable tokens")
         gen = torch.Generator().manual_seed(seed)
         titles = torch.unique(groups)
         held = titles[torch.randperm(len(titles), generator=gen)[: max(1, len(titles) // 10)]]
         val = torch.isin(groups, held)
-        if val.all() or not val.any():
+        if int(val.sum()) in (0, len(val)) or int((~val).sum()) < 2:
             val = torch.zeros_like(val)
             val[::10] = True
         picks = None
@@ -143,16 +149,15 @@ class EffectHead(nn.Module):
             n_groups = int(groups.max()) + 1
             picks = torch.randint(len(users), (n_groups, USERS_PER_TITLE), generator=gen)
         train = _Ridge(features[~val], targets[~val])
-        best = None
+        by_error, by_rank = [], []  # (score, penalty), higher is better
         for lam in grid:
             pred = train.predict(features[val], lam)
-            if users is None:
-                score = -float(((pred - targets[val].double()) ** 2).sum(-1).mean())
-            else:
-                score = _ranking_score(pred, targets[val], groups[val], users, picks)
-            if best is None or score > best[0]:
-                best = (score, lam)
-        score, lam = best
+            by_error.append((-float(((pred - targets[val].double()) ** 2).sum(-1).mean()), lam))
+            if users is not None:
+                by_rank.append((_ranking_score(pred, targets[val], groups[val], users, picks), lam))
+        ranked = any(score > float("-inf") for score, _ in by_rank)
+        score, lam = max(by_rank if ranked else by_error, key=lambda pair: pair[0])
+        del train
         full = _Ridge(features, targets)
         head = cls(features.shape[1], targets.shape[1])
         head.mean.copy_(full.mean)
@@ -160,7 +165,7 @@ class EffectHead(nn.Module):
         head.weight.copy_(full.weights(lam).float())
         head.bias.copy_(full.bias.float())
         head.ridge.fill_(lam)
-        head.fit_spearman.fill_(score if users is not None else float("nan"))
+        head.fit_spearman.fill_(score if ranked else float("nan"))
         return head
 
 
@@ -215,7 +220,7 @@ def fit_effect_head(
     seed: int = 0,
     quiet: bool = True,
 ) -> EffectHead:
-    """Fit an :class:`EffectHead` on the exact ``dv`` of ``titles``.
+    """Fit an :class:`EffectHead` on the exact ``dv`` of ``titles`` (the model in eval mode).
 
     Args:
         adapter: the explained model (needs :attr:`ExplainedModel.linear_readout`).
@@ -229,17 +234,19 @@ def fit_effect_head(
     device = next(adapter.model.parameters()).device
     feats, targets, groups = [], [], []
     offset = 0
-    for input_ids, attention_mask in tqdm(titles, desc="effect head", disable=quiet, leave=False):
-        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        scorable = scorable_fn(input_ids, attention_mask)
-        words = adapter.embed(input_ids)
-        dv, original = exact_effect_vectors(adapter, words, attention_mask, scorable, baseline)
-        feats.append(token_features(original)[scorable].float().cpu())
-        targets.append(dv[scorable].cpu())
-        scorable = scorable.cpu()
-        rows = torch.arange(len(input_ids))[:, None].expand_as(scorable)
-        groups.append(rows[scorable] + offset)
-        offset += len(input_ids)
+    batches = tqdm(titles, desc="effect head", disable=quiet, leave=False)
+    with eval_mode(adapter.model):
+        for input_ids, attention_mask in batches:
+            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+            scorable = scorable_fn(input_ids, attention_mask)
+            words = adapter.embed(input_ids)
+            dv, original = exact_effect_vectors(adapter, words, attention_mask, scorable, baseline)
+            feats.append(token_features(original)[scorable].float().cpu())
+            targets.append(dv[scorable].cpu())
+            scorable = scorable.cpu()
+            rows = torch.arange(len(input_ids))[:, None].expand_as(scorable)
+            groups.append(rows[scorable] + offset)
+            offset += len(input_ids)
     if not feats:
         raise ValueError("fitting the effect head needs titles")
     return EffectHead.fit(torch.cat(feats), torch.cat(targets), torch.cat(groups), users, seed=seed)
