@@ -50,6 +50,7 @@ def test_report_keys_and_finite_numbers(report):
     data, bench = report
     assert set(data) >= {"settings", "environment", "per_seed", "summary", "targets"}
     assert data["settings"]["n_samples"] == 16 and data["settings"]["seeds"] == [0, 0]
+    assert data["settings"]["effect_head_titles"] == "train split"
     assert [s["seed"] for s in data["per_seed"]] == [0, 0]
     assert data["phases_seconds"]["total"] > 0
     dm = data["summary"]["diffmask"]
@@ -152,3 +153,41 @@ def test_diffmask_size_benchmark_runs_on_the_tiny_model(tmp_path, monkeypatch):
     for r in rows:
         assert r["epochs"] == 1 and r["stop_reason"] == "epoch cap"
         assert 0.0 <= r["all_within_margin_share"] <= 1.0 and 0.0 < r["all_kept_share"] <= 1.0
+
+
+@pytest.mark.slow
+def test_effect_unseen_fits_the_head_without_the_held_out_titles(tmp_path, monkeypatch):
+    """``--effect_unseen``: the seed's methods are built without the held-out candidates'
+    titles (``effect_titles`` leaves them out: ``tests/test_sanity_retrained.py``), and the
+    report says so."""
+    copy_tiny_configs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    bench = _load_bench()
+    fitted = []
+    original = bench.build_methods
+
+    def recording(*args, **kwargs):
+        fitted.append(set(kwargs.get("effect_exclude", ())))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "build_methods", recording)
+    argv = [
+        "--smoke",
+        "--seeds",
+        "0",
+        "--methods",
+        "diffmask_effect",
+        "--quiet",
+        "--effect_unseen",
+        "--n_samples",
+        "4",
+    ]
+    assert bench.main([*argv, "--out", "unseen"]) == 0
+    data = json.loads((tmp_path / "unseen/bench_news.json").read_text())
+    assert data["settings"]["effect_head_titles"].endswith(
+        "without the held-out candidates' titles"
+    )
+    assert (
+        "without the held-out candidates' titles" in (tmp_path / "unseen/bench_news.md").read_text()
+    )
+    assert len(fitted[-1]) >= 1  # the seed's build: the held-out candidates' news ids

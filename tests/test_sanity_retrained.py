@@ -198,3 +198,26 @@ def test_retraining_can_be_switched_off(ran, tmp_path):
     assert rows["diffmask"]["sanity_spearman_retrained"] is None
     assert rows["diffmask"]["sanity_spearman"] == ran["rows"]["diffmask"]["sanity_spearman"]
     assert not (tmp_path / "sanity_diffmask").exists()
+
+
+def test_effect_titles_leave_out_the_excluded_news(ran):
+    """``effect_titles(exclude=...)``: every train-split title but the excluded ones (the news
+    benchmark's ``--effect_unseen`` leaves out the held-out candidates' titles this way)."""
+    ws = ran["ws"]
+    shown = {n for imp in ws.data.train for n in (*imp.history, *imp.candidates)}
+    excluded = {ex.news_id for ex in ran["test"]} & shown
+    assert excluded and len(shown) <= comparison.EFFECT_TITLES
+
+    def rows(batches):
+        return sorted(
+            tuple(r[m.bool()].tolist()) for ids, mask in batches for r, m in zip(ids, mask)
+        )
+
+    everything = rows(comparison.effect_titles(ws))
+    kept = rows(comparison.effect_titles(ws, exclude=excluded))
+    table = ws.data.table
+    gone = rows([table.rows(torch.tensor(table.lookup(sorted(excluded))))])
+    assert len(everything) == len(shown) and len(kept) == len(shown) - len(excluded)
+    assert sorted(kept + gone) == everything
+    with pytest.raises(ValueError, match="no train-split title is left"):
+        comparison.effect_titles(ws, exclude=shown)

@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -40,11 +41,13 @@ def build_methods(
     model=None,
     quiet: bool = True,
     effect_head: EffectHead | None = None,
+    effect_exclude: Collection[str] = (),
 ) -> dict[str, AttributionMethod]:
     """Instantiate the named methods for the workspace's recommender (or ``model``): every
     method gets the same token ids and seed, plus its own options (IG's steps, the trained
     DIFFMASK; ``diffmask_effect``: ``effect_head`` when given, else a head fitted on
-    :func:`effect_titles`, its penalty chosen for :func:`effect_users`; ``quiet``: no progress
+    :func:`effect_titles` (without the news ids ``effect_exclude``), its penalty chosen for
+    :func:`effect_users`; ``quiet``: no progress
     bar while fitting it). Under several processes every process fits the same head (the
     same titles and seed; bit-identical on CPU, GPU kernels may differ in the last bits)."""
     model = model if model is not None else ws.model
@@ -59,7 +62,7 @@ def build_methods(
     if "diffmask_effect" in names and effect_head is not None:
         options["diffmask_effect"]["effect_head"] = effect_head
     elif "diffmask_effect" in names and diffmask is not None:  # else refused when built
-        options["diffmask_effect"]["titles"] = effect_titles(ws)
+        options["diffmask_effect"]["titles"] = effect_titles(ws, exclude=effect_exclude)
         options["diffmask_effect"]["users"] = effect_users(ws, model)
         options["diffmask_effect"]["quiet"] = quiet or not ws.is_main
     return {name: build_method(name, model, **common, **options.get(name, {})) for name in names}
@@ -71,12 +74,19 @@ effect head (one forward pass per title token, once per DIFFMASK)."""
 
 
 def effect_titles(
-    ws: Workspace, limit: int = EFFECT_TITLES, batch_size: int = 64
+    ws: Workspace,
+    limit: int = EFFECT_TITLES,
+    batch_size: int = 64,
+    exclude: Collection[str] = (),
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Batches ``(input_ids, attention_mask)`` of the titles that the train split's impressions
-    show (history and candidates; a sample of ``limit`` chosen with the config's seed when
-    there are more), in token-table order."""
-    ids = list(dict.fromkeys(n for imp in ws.data.train for n in (*imp.history, *imp.candidates)))
+    show (history and candidates, except the news ids ``exclude``; a sample of ``limit`` chosen
+    with the config's seed when there are more), in token-table order."""
+    shown = (n for imp in ws.data.train for n in (*imp.history, *imp.candidates))
+    skip = set(exclude)
+    ids = [n for n in dict.fromkeys(shown) if n not in skip]
+    if not ids:
+        raise ValueError("no train-split title is left to fit diffmask_effect's effect head on")
     if len(ids) > limit:
         gen = torch.Generator().manual_seed(ws.config.seed)
         ids = [ids[i] for i in torch.randperm(len(ids), generator=gen)[:limit].tolist()]
