@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"[demo] DIFFMASK trains for at most {DEMO_DIFFMASK_EPOCHS} epochs instead of "
                 f"the config's cap of {training.n_epochs}, to keep the demo within 10 minutes "
                 "on a slow 2-core machine (on the news benchmark's three seeds the default "
-                "training stopped after 8-10 epochs, converged or on a validation plateau). A "
+                "training stopped after 8-16 epochs, converged or on a validation plateau). A "
                 "run stopped by this cap is reported as NOT converged; analyze_diffmask with "
                 "the same config trains until its stopping rule ends the run"
             )
