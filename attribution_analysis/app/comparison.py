@@ -47,9 +47,9 @@ def build_methods(
     method gets the same token ids and seed, plus its own options (IG's steps, the trained
     DIFFMASK; ``diffmask_effect``: ``effect_head`` when given, else a head fitted on
     :func:`effect_titles` (without the news ids ``effect_exclude``), its penalty chosen for
-    :func:`effect_users`; ``quiet``: no progress
-    bar while fitting it). Under several processes every process fits the same head (the
-    same titles and seed; bit-identical on CPU, GPU kernels may differ in the last bits)."""
+    :func:`effect_users`; ``quiet``: no progress bar while fitting it). Under several
+    processes every process fits the same head (the same titles and seed; bit-identical on
+    one CPU, GPU kernels may differ in the last bits)."""
     model = model if model is not None else ws.model
     tok = ws.tokenizer
     common = {

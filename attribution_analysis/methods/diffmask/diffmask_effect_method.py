@@ -48,13 +48,13 @@ class DiffMaskEffectMethod(DiffMaskMethod):
             or
         titles: batches ``(input_ids, attention_mask)`` to fit one on (with DIFFMASK's current
             baseline) when the method is built.
-
-    The head belongs to the baseline it was fitted under: an attribution after DIFFMASK's
-    baseline has changed (further training) is refused; build the method again.
         users: ``[m, dim]`` readout vectors (NRMS: user vectors) under which the ridge penalty
             that orders held-out titles best is chosen (optional; else the least squared
             error).
         quiet: no progress bar while fitting.
+
+    The head belongs to the baseline it was fitted under: an attribution after DIFFMASK's
+    baseline has changed (further training) is refused; build the method again.
     """
 
     name = "diffmask_effect"
