@@ -450,7 +450,7 @@ def markdown(report: dict) -> str:
         f"({dm['predicted_click']['n_samples']} predicted clicks, "
         f"{dm['predicted_non_click']['n_samples']} predicted non-clicks); seeds "
         f"{', '.join(map(str, s['seeds']))}; mean ± sample sd over seeds. "
-        f"diffmask_effect's head fitted on: {s.get('effect_head_titles', 'train split')}.",
+        f"diffmask_effect's head fitted on: {s['effect_head_titles']}.",
         f"Device {env['device']}, torch {env['torch']}, threads {env['threads']}; "
         f"total wall time {report['phases_seconds']['total']:.0f} s.",
         "",

@@ -220,7 +220,8 @@ def fit_effect_head(
     seed: int = 0,
     quiet: bool = True,
 ) -> EffectHead:
-    """Fit an :class:`EffectHead` on the exact ``dv`` of ``titles`` (the model in eval mode).
+    """Fit an :class:`EffectHead` on the exact ``dv`` of ``titles`` (the model in eval mode:
+    :func:`exact_effect_vectors` runs every pass).
 
     Args:
         adapter: the explained model (needs :attr:`ExplainedModel.linear_readout`).
@@ -234,19 +235,17 @@ def fit_effect_head(
     device = next(adapter.model.parameters()).device
     feats, targets, groups = [], [], []
     offset = 0
-    batches = tqdm(titles, desc="effect head", disable=quiet, leave=False)
-    with eval_mode(adapter.model):
-        for input_ids, attention_mask in batches:
-            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-            scorable = scorable_fn(input_ids, attention_mask)
-            words = adapter.embed(input_ids)
-            dv, original = exact_effect_vectors(adapter, words, attention_mask, scorable, baseline)
-            feats.append(token_features(original)[scorable].float().cpu())
-            targets.append(dv[scorable].cpu())
-            scorable = scorable.cpu()
-            rows = torch.arange(len(input_ids))[:, None].expand_as(scorable)
-            groups.append(rows[scorable] + offset)
-            offset += len(input_ids)
+    for input_ids, attention_mask in tqdm(titles, desc="effect head", disable=quiet, leave=False):
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        scorable = scorable_fn(input_ids, attention_mask)
+        words = adapter.embed(input_ids)
+        dv, original = exact_effect_vectors(adapter, words, attention_mask, scorable, baseline)
+        feats.append(token_features(original)[scorable].float().cpu())
+        targets.append(dv[scorable].cpu())
+        scorable = scorable.cpu()
+        rows = torch.arange(len(input_ids))[:, None].expand_as(scorable)
+        groups.append(rows[scorable] + offset)
+        offset += len(input_ids)
     if not feats:
         raise ValueError("fitting the effect head needs titles")
     return EffectHead.fit(torch.cat(feats), torch.cat(targets), torch.cat(groups), users, seed=seed)
