@@ -98,6 +98,56 @@ def test_fit_is_the_ridge_solution_on_standardised_features():
     np.testing.assert_allclose(head(x).double().numpy(), z @ beta + yn.mean(0), atol=1e-4)
 
 
+def _numpy_ridge(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge on standardised features (sample sd), constant features dropped: ``(beta, keep)``."""
+    sd = x.std(0, ddof=1)
+    keep = sd > 1e-6
+    z = (x[:, keep] - x[:, keep].mean(0)) / sd[keep]
+    eye = np.eye(int(keep.sum()))
+    return np.linalg.solve(z.T @ z + lam * eye, z.T @ (y - y.mean(0))), keep
+
+
+def test_fit_handles_offset_and_constant_features_and_both_solvers_agree(monkeypatch):
+    """Features far from zero (as hidden states with large means) and a constant one: the fit
+    equals numpy's closed form on the non-constant features, the constant one gets weight 0,
+    and the statistics of the held-out part plus the rest equal those of all rows (the
+    penalty grid's eigenvalue route and the refit's Cholesky solve give the same weights)."""
+    from attribution_analysis.methods.diffmask.effect_head import _Moments, _Ridge
+
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(300, 5, generator=gen) * torch.tensor([0.5, 2.0, 1.0, 0.1, 1.0])
+    x = x + torch.tensor([40.0, -25.0, 3.0, 100.0, 0.0])
+    x[:, 4] = 7.0  # constant
+    y = x[:, :4] @ torch.randn(4, 2, generator=gen) + torch.randn(300, 2, generator=gen)
+    head = EffectHead.fit(x, y, torch.arange(300) // 3, grid=(5.0,))
+    beta, keep = _numpy_ridge(x.double().numpy(), y.double().numpy(), 5.0)
+    assert keep.tolist() == [True, True, True, True, False]
+    assert float(head.weight[4].abs().max()) == 0.0
+    xk = x.double().numpy()[:, keep]
+    expected = (xk - xk.mean(0)) / xk.std(0, ddof=1) @ beta + y.double().numpy().mean(0)
+    np.testing.assert_allclose(head(x).double().numpy(), expected, rtol=1e-5, atol=1e-4)
+    shift = x.double().mean(0)
+    part = torch.arange(300) % 7 == 0
+    summed = _Moments(x[part], y[part], shift) + _Moments(x[~part], y[~part], shift)
+    whole = _Moments(x, y, shift)
+    for name in ("s", "xx", "y_sum", "xy"):
+        torch.testing.assert_close(getattr(summed, name), getattr(whole, name))
+    cholesky, eigen = _Ridge(summed), _Ridge(summed, eigen=True)
+    torch.testing.assert_close(cholesky.weights(5.0), eigen.weights(5.0))
+    torch.testing.assert_close(cholesky.weights(5.0)[:4], torch.from_numpy(beta))
+    with monkeypatch.context() as patch:  # a failed factorisation falls back to eigenvalues
+        patch.setattr(torch.linalg, "cholesky_ex", lambda a: (a, torch.tensor(1)))
+        torch.testing.assert_close(_Ridge(summed).weights(5.0), eigen.weights(5.0))
+    with pytest.raises(ValueError, match="penalties must be positive"):
+        EffectHead.fit(x, y, torch.arange(300) // 3, grid=(0.0, 1.0))
+    for other in (torch.zeros(5, dtype=torch.float64), x[0].double() + 1.0):  # any shift
+        ridge = _Ridge(_Moments(x[~part], y[~part], other), eigen=True)
+        b, _ = _numpy_ridge(x[~part].double().numpy(), y[~part].double().numpy(), 5.0)
+        torch.testing.assert_close(ridge.weights(5.0)[:4], torch.from_numpy(b))
+        torch.testing.assert_close(ridge.mean, x[~part].double().mean(0))
+        torch.testing.assert_close(ridge.bias, y[~part].double().mean(0))
+
+
 def test_ranking_without_rankable_titles_falls_back_to_the_squared_error():
     """Titles of two tokens cannot be ranked (a Spearman correlation needs 3): the penalty is
     the least held-out squared error, as without users, and no ranking score is recorded."""

@@ -148,7 +148,12 @@ class EffectHead(nn.Module):
         if users is not None:
             n_groups = int(groups.max()) + 1
             picks = torch.randint(len(users), (n_groups, USERS_PER_TITLE), generator=gen)
-        train = _Ridge(features[~val], targets[~val])
+        if min(grid) <= 0:
+            raise ValueError(f"ridge penalties must be positive, got {tuple(grid)}")
+        shift = features.sum(0, dtype=torch.float64) / len(features)
+        held_out = _Moments(features[val], targets[val], shift)
+        fitting = _Moments(features[~val], targets[~val], shift)
+        train = _Ridge(fitting, eigen=True)
         by_error, by_rank = [], []  # (score, penalty), higher is better
         for lam in grid:
             pred = train.predict(features[val], lam)
@@ -158,7 +163,7 @@ class EffectHead(nn.Module):
         ranked = any(score > float("-inf") for score, _ in by_rank)
         score, lam = max(by_rank if ranked else by_error, key=lambda pair: pair[0])
         del train
-        full = _Ridge(features, targets)
+        full = _Ridge(fitting + held_out)
         head = cls(features.shape[1], targets.shape[1])
         head.mean.copy_(full.mean)
         head.scale.copy_(full.scale)
@@ -173,22 +178,64 @@ USERS_PER_TITLE = 4
 """Readout vectors drawn per held-out title when the ridge penalty is chosen by ranking."""
 
 
-class _Ridge:
-    """Standardised ridge regression for many penalties at once (one eigendecomposition):
-    ``W(lam) = Q diag(1 / (e + lam)) Q^T Z^T (Y - mean(Y))`` with ``Z^T Z = Q diag(e) Q^T``."""
+class _Moments:
+    """Sufficient statistics (float64) of a ridge regression of ``y [n, dim]`` on ``x [n,
+    features]``, about a fixed ``shift [features]`` (a mean of the data: no cancellation):
+    ``n``, ``s = sum(x - shift)``, ``xx = sum (x - shift)(x - shift)^T``, ``y_sum``, ``xy =
+    sum (x - shift) y^T``. Statistics of disjoint rows about the same shift add up (``+``), so
+    the held-out part and the rest give the whole data's without a second pass over it."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.mean, self.scale = x.mean(0), x.std(0).clamp_min(1e-6)
-        z = ((x - self.mean) / self.scale).double()
-        self.bias = y.double().mean(0)
-        self.eigvals, self.eigvecs = torch.linalg.eigh(z.T @ z)
-        self.projected = self.eigvecs.T @ (z.T @ (y.double() - self.bias))  # [features, dim]
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, shift: torch.Tensor) -> None:
+        xs, yd = x.double() - shift, y.double()
+        self.shift, self.n = shift, len(x)
+        self.s, self.xx = xs.sum(0), xs.T @ xs
+        self.y_sum, self.xy = yd.sum(0), xs.T @ yd
+
+    def __add__(self, other: _Moments) -> _Moments:
+        total = object.__new__(_Moments)
+        total.shift, total.n = self.shift, self.n + other.n
+        for name in ("s", "xx", "y_sum", "xy"):
+            setattr(total, name, getattr(self, name) + getattr(other, name))
+        return total
+
+
+class _Ridge:
+    """Ridge regression on standardised features from :class:`_Moments`: with ``Z`` the
+    features standardised by their mean and sample sd, ``W(lam) = (Z^T Z + lam I)^{-1} Z^T (Y -
+    mean(Y))``. ``eigen=True`` decomposes ``Z^T Z = Q diag(e) Q^T`` once, so every penalty of a
+    grid costs a matrix product; otherwise each penalty is one Cholesky solve (eigenvalues if
+    the matrix is not positive definite). A feature of zero variance gets weight 0."""
+
+    def __init__(self, m: _Moments, eigen: bool = False) -> None:
+        offset = m.s / m.n  # mean - shift
+        self.mean = m.shift + offset
+        centred = m.xx - torch.outer(m.s, offset)  # sum (x - mean)(x - mean)^T
+        var = centred.diagonal() / max(m.n - 1, 1)
+        self.scale = var.clamp_min(0).sqrt().clamp_min(1e-6)
+        self.bias = m.y_sum / m.n
+        inv = torch.where(var > 1e-12, 1 / self.scale, torch.zeros_like(var))
+        self.gram = centred * torch.outer(inv, inv)  # Z^T Z
+        self.zy = (m.xy - torch.outer(m.s, self.bias)) * inv[:, None]  # Z^T (Y - mean(Y))
+        self.eig: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        if eigen:
+            self._decompose()
+
+    def _decompose(self) -> None:
+        values, vectors = torch.linalg.eigh(self.gram)
+        self.eig = (values.clamp_min(0), vectors, vectors.T @ self.zy)
 
     def weights(self, lam: float) -> torch.Tensor:
-        return self.eigvecs @ (self.projected / (self.eigvals.clamp_min(0) + lam)[:, None])
+        if self.eig is None:
+            eye = torch.eye(len(self.gram), dtype=self.gram.dtype)
+            factor, info = torch.linalg.cholesky_ex(self.gram + lam * eye)
+            if int(info) == 0:
+                return torch.cholesky_solve(self.zy, factor)
+            self._decompose()
+        values, vectors, projected = self.eig
+        return vectors @ (projected / (values + lam)[:, None])
 
     def predict(self, x: torch.Tensor, lam: float) -> torch.Tensor:
-        return ((x - self.mean) / self.scale).double() @ self.weights(lam) + self.bias
+        return ((x.double() - self.mean) / self.scale) @ self.weights(lam) + self.bias
 
 
 def _ranking_score(
