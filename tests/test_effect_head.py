@@ -109,9 +109,11 @@ def _numpy_ridge(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, 
 
 def test_fit_handles_offset_and_constant_features_and_both_solvers_agree(monkeypatch):
     """Features far from zero (as hidden states with large means) and a constant one: the fit
-    equals numpy's closed form on the non-constant features, the constant one gets weight 0,
-    and the statistics of the held-out part plus the rest equal those of all rows (the
-    penalty grid's eigenvalue route and the refit's Cholesky solve give the same weights)."""
+    equals numpy's closed form on the non-constant features, the constant one gets weight 0;
+    the statistics of the held-out part plus the rest equal those of all rows; the penalty
+    grid's eigenvalue route, the refit's Cholesky solve and its fallback give the same
+    weights; the result does not depend on the point the statistics are taken about; a
+    penalty <= 0 is refused."""
     from attribution_analysis.methods.diffmask.effect_head import _Moments, _Ridge
 
     gen = torch.Generator().manual_seed(2)
