@@ -137,6 +137,8 @@ class EffectHead(nn.Module):
         """
         if len(features) < 3:
             raise ValueError("fitting the effect head needs at least three scorable tokens")
+        if min(grid) <= 0:
+            raise ValueError(f"ridge penalties must be positive, got {tuple(grid)}")
         gen = torch.Generator().manual_seed(seed)
         titles = torch.unique(groups)
         held = titles[torch.randperm(len(titles), generator=gen)[: max(1, len(titles) // 10)]]
@@ -148,18 +150,17 @@ class EffectHead(nn.Module):
         if users is not None:
             n_groups = int(groups.max()) + 1
             picks = torch.randint(len(users), (n_groups, USERS_PER_TITLE), generator=gen)
-        if min(grid) <= 0:
-            raise ValueError(f"ridge penalties must be positive, got {tuple(grid)}")
         shift = features.sum(0, dtype=torch.float64) / len(features)
         held_out = _Moments(features[val], targets[val], shift)
         fitting = _Moments(features[~val], targets[~val], shift)
         train = _Ridge(fitting, eigen=True)
+        z_val, y_val = train.standardise(features[val]), targets[val]  # standardised once
         by_error, by_rank = [], []  # (score, penalty), higher is better
         for lam in grid:
-            pred = train.predict(features[val], lam)
-            by_error.append((-float(((pred - targets[val].double()) ** 2).sum(-1).mean()), lam))
+            pred = z_val @ train.weights(lam) + train.bias
+            by_error.append((-float(((pred - y_val.double()) ** 2).sum(-1).mean()), lam))
             if users is not None:
-                by_rank.append((_ranking_score(pred, targets[val], groups[val], users, picks), lam))
+                by_rank.append((_ranking_score(pred, y_val, groups[val], users, picks), lam))
         ranked = any(score > float("-inf") for score, _ in by_rank)
         score, lam = max(by_rank if ranked else by_error, key=lambda pair: pair[0])
         del train
@@ -234,8 +235,9 @@ class _Ridge:
         values, vectors, projected = self.eig
         return vectors @ (projected / (values + lam)[:, None])
 
-    def predict(self, x: torch.Tensor, lam: float) -> torch.Tensor:
-        return ((x.double() - self.mean) / self.scale) @ self.weights(lam) + self.bias
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [n, features]`` standardised by the fit's mean and sd (float64)."""
+        return (x.double() - self.mean) / self.scale
 
 
 def _ranking_score(
