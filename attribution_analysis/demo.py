@@ -16,7 +16,7 @@ from attribution_analysis.config import AttributionConfig, load_config
 
 DEMO_IG_STEPS = 20
 """Integration steps of the demo's Integrated Gradients (the config's ``ig_steps`` if fewer)."""
-DEMO_DIFFMASK_EPOCHS = 6
+DEMO_DIFFMASK_EPOCHS = 5
 """Cap on the demo's DIFFMASK epochs (the config's ``n_epochs`` if lower); a run that reaches
 it without meeting the convergence rule says so (not converged)."""
 

@@ -14,6 +14,7 @@ from attribution_analysis.methods.diffmask.effect_head import (
     EffectHead,
     exact_effect_vectors,
     fit_effect_head,
+    length_sorted,
     token_features,
 )
 from attribution_analysis.methods.occlusion import LeaveOneOutMethod
@@ -184,6 +185,54 @@ def test_fit_is_deterministic_in_eval_mode_and_needs_titles(setup):
         torch.testing.assert_close(value, c.state_dict()[name], equal_nan=True)
     with pytest.raises(ValueError, match="needs titles"):
         fit_effect_head(method.adapter, dm.baseline.detach(), [], method.scorable)
+
+
+def test_length_sorted_batches_hold_every_title_once_with_little_padding(setup):
+    """Re-batched shortest first, as many titles a batch as given, each batch cut after its
+    last attended position; every title's ids and mask are the given ones."""
+    _, _, _, ids, mask, _ = setup
+    given = _titles(ids, mask, size=4)
+    batches = length_sorted(given)
+    assert [len(i) for i, _, _ in batches] == [4, 2]
+    index = torch.cat([k for _, _, k in batches])
+    assert sorted(index.tolist()) == list(range(len(ids)))
+    lengths = [m.sum(-1) for _, m, _ in batches]
+    assert torch.cat(lengths).tolist() == sorted(mask.sum(-1).tolist())
+    for (i, m, k), length in zip(batches, lengths):
+        assert m.shape[1] == int(length.max())  # no all-padding column
+        torch.testing.assert_close(i, ids[k, : m.shape[1]])
+        torch.testing.assert_close(m, mask[k, : m.shape[1]])
+        assert not mask[k, m.shape[1] :].any()
+
+
+def test_fit_gets_the_rows_of_the_given_title_order(setup, monkeypatch):
+    """fit_effect_head computes on length-sorted batches but hands the ridge fit every token's
+    features, targets and title index in the given order: those of batch-by-batch passes."""
+    tok, model, dm, ids, mask, _ = setup
+    method = LeaveOneOutMethod(model, tok.all_special_ids, baseline="zero")
+    baseline = dm.baseline.detach()
+    given = _titles(ids, mask, size=4)
+    feats, targets, groups, offset = [], [], [], 0
+    for i, m in given:  # the straightforward order: batch by batch, title by title
+        scorable = method.scorable(i, m)
+        dv, original = exact_effect_vectors(method.adapter, method.adapter.embed(i), m,
+                                            scorable, baseline)  # fmt: skip
+        feats.append(token_features(original)[scorable])
+        targets.append(dv[scorable])
+        rows = torch.arange(len(i))[:, None].expand_as(scorable)
+        groups.append(rows[scorable] + offset)
+        offset += len(i)
+    captured = {}
+
+    def capture(features, targets_, groups_, users=None, seed=0):
+        captured.update(features=features, targets=targets_, groups=groups_)
+        return "head"
+
+    monkeypatch.setattr(EffectHead, "fit", staticmethod(capture))
+    assert fit_effect_head(method.adapter, baseline, given, method.scorable) == "head"
+    assert torch.equal(captured["groups"], torch.cat(groups))
+    torch.testing.assert_close(captured["features"], torch.cat(feats), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(captured["targets"], torch.cat(targets), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])

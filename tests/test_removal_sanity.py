@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from attribution_analysis.evaluation.faithfulness import comprehensiveness_sufficiency
-from attribution_analysis.evaluation.removal import OPERATIONS, make_predict, removed_ids
+from attribution_analysis.evaluation.removal import (
+    OPERATIONS,
+    make_predict,
+    memoised,
+    removed_ids,
+)
 from attribution_analysis.evaluation.sanity import randomize_top_layers, sanity_check, spearman
 from attribution_analysis.methods.base import AttributionMethod
 from attribution_analysis.methods.integrated_gradients import IntegratedGradientsMethod
@@ -126,6 +131,34 @@ def test_removal_changes_output_and_chunking_is_invisible(setup, operation):
     assert p.shape == (5,)
     assert (p[1:] - p[0]).abs().max() > 1e-5
     torch.testing.assert_close(_predict(setup, operation, batch_size=2)(keep), p)
+
+
+def test_memoised_predict_runs_each_distinct_row_once_with_the_same_values(setup):
+    """Repeated rows, within a call and across calls, reach the model once (new rows in
+    first-seen order); every value is the plain predict's; bad shapes and empty calls pass."""
+    _, _, ids, _, _ = _example(setup)
+    plain = _predict(setup, "mask")
+    seen_rows: list[torch.Tensor] = []
+
+    def counting(keep: torch.Tensor) -> torch.Tensor:
+        seen_rows.append(keep.clone())
+        return plain(keep)
+
+    keep = torch.ones(6, len(ids), dtype=torch.bool)
+    keep[1, 1] = keep[2, 2] = keep[4, 1] = False  # rows 3 and 5 repeat row 0, row 4 row 1
+    keep[5] = keep[0]
+    predict = memoised(counting)
+    p = predict(keep)
+    assert p.dtype == plain(keep).dtype and p.shape == (6,)
+    torch.testing.assert_close(p, plain(keep), atol=1e-6, rtol=1e-5)
+    assert len(seen_rows) == 1 and torch.equal(seen_rows[0], keep[[0, 1, 2]])
+    more = torch.ones(3, len(ids), dtype=torch.bool)
+    more[1, 3] = more[2, 1] = False  # only row 1 is new
+    torch.testing.assert_close(predict(more), plain(more), atol=1e-6, rtol=1e-5)
+    assert len(seen_rows) == 2 and torch.equal(seen_rows[1], more[[1]])
+    assert predict(more[:0]).shape == (0,)
+    with pytest.raises(ValueError, match="predict returned shape"):
+        memoised(lambda k: torch.zeros(len(k) + 1))(keep)
 
 
 def test_learned_baseline_equal_to_mask_embedding_matches_mask_operation(setup):

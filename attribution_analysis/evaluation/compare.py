@@ -22,7 +22,7 @@ from attribution_analysis.evaluation.faithfulness import (
     sparsity_metrics,
 )
 from attribution_analysis.evaluation.plausibility import auprc, topk_precision_recall_f1
-from attribution_analysis.evaluation.removal import make_predict
+from attribution_analysis.evaluation.removal import make_predict, memoised
 from attribution_analysis.evaluation.statistics import METRICS, bootstrap_ci
 from attribution_analysis.methods.base import AttributionMethod
 
@@ -173,6 +173,7 @@ def _evaluate_batch(methods, batch, gold_for, removal, mask_token_id, pad_token_
             pad_token_id=pad_token_id,
             baseline_embedding=baseline_embedding,
         )
+        predict = memoised(predict)  # the methods' curves share rows: each runs once
         scorable = scorable_all[i, :n]
         effects = leave_one_out_effects(predict, scorable).numpy()
         gold = gold_for(meta[i] if meta else None, ids[i, :n].cpu())

@@ -156,4 +156,37 @@ def make_predict(
     return predict
 
 
-__all__ = ["OPERATIONS", "make_predict", "removed_ids"]
+def memoised(predict: Predict) -> Predict:
+    """``predict`` running each distinct keep row once: rows seen before come from memory, the
+    new ones go to ``predict`` in one call (in first-seen order; ``predict`` may chunk them).
+    For the removal curves of several methods on one example, which share rows (the full and
+    the empty input, the top tokens the methods agree on); a row's value is the one its first
+    batch gave (batches of other sizes may round a float differently).
+
+    Returns ``predict(keep [n_variants, tokens]) -> [n_variants]`` on ``keep``'s device, in the
+    wrapped ``predict``'s dtype (an empty ``keep`` gets an empty result without a call).
+    """
+    seen: dict[bytes, float] = {}
+    dtype: list[torch.dtype] = []
+
+    def run(keep: torch.Tensor) -> torch.Tensor:
+        if len(keep) == 0:
+            return torch.zeros(0, dtype=dtype[0] if dtype else torch.float32, device=keep.device)
+        keys = [row.tobytes() for row in keep.detach().bool().cpu().numpy()]
+        first: dict[bytes, int] = {}  # each new row's first position
+        for i, key in enumerate(keys):
+            if key not in seen and key not in first:
+                first[key] = i
+        if first:
+            rows = keep[torch.tensor(list(first.values()), device=keep.device)]
+            out = predict(rows)
+            if out.shape != (len(rows),):
+                raise ValueError(f"predict returned shape {tuple(out.shape)} for {len(rows)} rows")
+            dtype[:] = [out.dtype]
+            seen.update(zip(first, out.detach().cpu().tolist()))
+        return torch.tensor([seen[k] for k in keys], dtype=dtype[0], device=keep.device)
+
+    return run
+
+
+__all__ = ["OPERATIONS", "make_predict", "memoised", "removed_ids"]

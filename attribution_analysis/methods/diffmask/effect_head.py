@@ -153,7 +153,7 @@ class EffectHead(nn.Module):
         shift = features.sum(0, dtype=torch.float64) / len(features)
         held_out = _Moments(features[val], targets[val], shift)
         fitting = _Moments(features[~val], targets[~val], shift)
-        train = _Ridge(fitting, eigen=True)
+        train = _Ridge(fitting)  # one Cholesky solve a penalty (7 of them: faster than eigh)
         z_val, y_val = train.standardise(features[val]), targets[val]  # standardised once
         by_error, by_rank = [], []  # (score, penalty), higher is better
         for lam in grid:
@@ -203,9 +203,11 @@ class _Moments:
 class _Ridge:
     """Ridge regression on standardised features from :class:`_Moments`: with ``Z`` the
     features standardised by their mean and sample sd, ``W(lam) = (Z^T Z + lam I)^{-1} Z^T (Y -
-    mean(Y))``. ``eigen=True`` decomposes ``Z^T Z = Q diag(e) Q^T`` once, so every penalty of a
-    grid costs a matrix product; otherwise each penalty is one Cholesky solve (eigenvalues if
-    the matrix is not positive definite). A feature of zero variance gets weight 0."""
+    mean(Y))``. Each penalty is one Cholesky solve (for the 4,625 features of the news
+    encoder, 7 of them take about 0.6 of the time of one eigendecomposition); ``eigen=True``
+    decomposes ``Z^T Z = Q diag(e) Q^T`` once instead, so that every penalty costs a matrix
+    product (also the fallback where a factorisation fails). A feature of zero variance gets
+    weight 0."""
 
     def __init__(self, m: _Moments, eigen: bool = False) -> None:
         offset = m.s / m.n  # mean - shift
@@ -281,10 +283,14 @@ def fit_effect_head(
         users: ``[m, dim]`` readout vectors weighing the held-out error (:meth:`EffectHead.fit`).
     """
     check_linear_readout(adapter)
+    if not titles:
+        raise ValueError("fitting the effect head needs titles")
     device = next(adapter.model.parameters()).device
     feats, targets, groups = [], [], []
-    offset = 0
-    for input_ids, attention_mask in tqdm(titles, desc="effect head", disable=quiet, leave=False):
+    batches = length_sorted(titles)
+    for input_ids, attention_mask, index in tqdm(
+        batches, desc="effect head", disable=quiet, leave=False
+    ):
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         scorable = scorable_fn(input_ids, attention_mask)
         words = adapter.embed(input_ids)
@@ -292,12 +298,31 @@ def fit_effect_head(
         feats.append(token_features(original)[scorable].float().cpu())
         targets.append(dv[scorable].cpu())
         scorable = scorable.cpu()
-        rows = torch.arange(len(input_ids))[:, None].expand_as(scorable)
-        groups.append(rows[scorable] + offset)
-        offset += len(input_ids)
-    if not feats:
-        raise ValueError("fitting the effect head needs titles")
-    return EffectHead.fit(torch.cat(feats), torch.cat(targets), torch.cat(groups), users, seed=seed)
+        groups.append(index[:, None].expand_as(scorable)[scorable])
+    groups = torch.cat(groups)
+    order = torch.sort(groups, stable=True).indices  # back to the given title order
+    features, targets = torch.cat(feats)[order], torch.cat(targets)[order]
+    return EffectHead.fit(features, targets, groups[order], users, seed=seed)
+
+
+def length_sorted(
+    titles: Sequence[tuple[torch.Tensor, torch.Tensor]],
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``titles`` (batches ``(input_ids, attention_mask)``, each ``[batch, tokens]``) re-batched
+    by length, shortest first (ties in the given order), as many titles a batch as the first
+    given batch, each batch cut after its last attended position: the fit's one pass per
+    title token then runs on little padding (on the news corpus's 2,700 fitting titles, 8-14
+    tokens long, 0.83 of the work of the given batches). Returns ``(input_ids, attention_mask,
+    index)`` per batch, ``index [batch]`` each title's position in the given order."""
+    width = max(ids.shape[1] for ids, _ in titles)
+    ids = torch.cat([nn.functional.pad(i, (0, width - i.shape[1])) for i, _ in titles])
+    mask = torch.cat([nn.functional.pad(m, (0, width - m.shape[1])) for _, m in titles])
+    order = torch.sort(mask.sum(-1), stable=True).indices
+    out = []
+    for index in order.split(max(len(titles[0][0]), 1)):
+        end = int(mask[index].any(0).nonzero().max()) + 1 if mask[index].any() else 1
+        out.append((ids[index, :end], mask[index, :end], index))
+    return out
 
 
 __all__ = [
@@ -305,5 +330,6 @@ __all__ = [
     "check_linear_readout",
     "exact_effect_vectors",
     "fit_effect_head",
+    "length_sorted",
     "token_features",
 ]
