@@ -65,7 +65,9 @@ def run(config: RecommenderConfig, quiet: bool = False) -> dict:
     data = load_mind_data(config.data, tokenizer)
     result = train_recommender(config, data, quiet=quiet)
     model = load_recommender(result.best_dir, config.model).to(accelerator.device)
-    metrics, scores = evaluate_split(model, data, "dev", config, accelerator=accelerator)
+    metrics, scores = evaluate_split(  # the news vectors of the best epoch's evaluation
+        model, data, "dev", config, accelerator=accelerator, news_vectors=result.news_vectors
+    )
     summary = {
         "dev": metrics,
         "train_seconds": result.seconds,

@@ -24,7 +24,7 @@ from attribution_analysis.data.loading import load_mind_data
 from attribution_analysis.data.mind import read_behaviors, read_news
 from attribution_analysis.models import training as training_module
 from attribution_analysis.models.history_cache import HistoryVectorCache
-from attribution_analysis.models.inference import score_impressions
+from attribution_analysis.models.inference import encode_news_table, score_impressions
 from attribution_analysis.models.serialization import build_nrms, load_model, load_recommender
 from attribution_analysis.models.training import evaluate_split, train_recommender
 from tests.helpers_foundation import (
@@ -143,6 +143,39 @@ def test_best_folder_loads_in_eval_mode_with_same_dev_scores(learned, data) -> N
         torch.allclose(torch.as_tensor(a), torch.as_tensor(b), atol=1e-6)
         for a, b in zip(scores, again)
     )
+
+
+def test_training_returns_the_news_vectors_of_the_saved_best_model(learned, data) -> None:
+    """The vectors the run hands on (to the workspace, to the CLI's final scoring) are those
+    of the saved best model, bit for bit, not of the last epoch's weights in memory."""
+    config, result = learned
+    model = load_recommender(result.best_dir)
+    again = encode_news_table(model, data.table, config.train.eval_batch_size)
+    assert result.news_vectors is not None and torch.equal(result.news_vectors, again)
+
+
+def test_news_vectors_are_the_best_epochs_when_a_later_epoch_is_worse(
+    corpus, cache_dir, data, tmp_path, monkeypatch
+) -> None:
+    """Epoch 1 made the best (its dev AUC forced above epoch 2's): the vectors handed on are
+    epoch 1's model's, not those of the weights the run ends with."""
+    real = training_module.evaluate_split
+    aucs = iter([0.9, 0.5])
+
+    def forced(*args, **kwargs):
+        metrics, scores = real(*args, **kwargs)
+        return {**metrics, "auc": next(aucs)}, scores
+
+    monkeypatch.setattr(training_module, "evaluate_split", forced)
+    config = make_config(corpus, cache_dir, model=tiny_config(fine_tune_layers=2), epochs=2)
+    result = train_recommender(config, data, tmp_path / "run", quiet=True)
+    assert result.best_metrics["epoch"] == 1
+    size = config.train.eval_batch_size
+    best = encode_news_table(load_recommender(result.best_dir), data.table, size)
+    assert torch.equal(result.news_vectors, best)
+    last = build_nrms(config.model, len(tiny_tokenizer()))
+    last.load_state_dict(checkpoint_weights(result.run_dir, 2))
+    assert not torch.allclose(encode_news_table(last.eval(), data.table, size), best)
 
 
 def test_load_model_refuses_mismatched_model_config(learned) -> None:

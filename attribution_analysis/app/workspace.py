@@ -78,12 +78,14 @@ def recommender_config(config: AttributionConfig) -> RecommenderConfig:
 
 def ensure_recommender(
     config: AttributionConfig, rec: RecommenderConfig, quiet: bool, accelerator=None
-) -> Path:
+) -> tuple[Path, torch.Tensor | None]:
     """The trained recommender folder; trains it first when missing and allowed (all the
-    processes of ``accelerator`` take part)."""
+    processes of ``accelerator`` take part). Also the news vectors of every token-table row
+    ``[rows, dim]`` when it trained the model just now (its dev evaluation computed them), else
+    ``None``."""
     path = resolve_path(config.checkpoint)
     if (path / "model.safetensors").is_file():
-        return path
+        return path, None
     if not config.train_recommender_if_missing:
         raise FileNotFoundError(
             f"recommender checkpoint not found: {path} (train it with python -m "
@@ -96,8 +98,8 @@ def ensure_recommender(
         )
     if is_main(accelerator):
         print(f"[recommender] {path} not found: training the recommender first")  # even if quiet
-    train_recommender(rec, run_dir=path.parent, quiet=quiet)
-    return path
+    result = train_recommender(rec, run_dir=path.parent, quiet=quiet)
+    return path, result.news_vectors
 
 
 def open_workspace(config: AttributionConfig, quiet: bool = False, accelerator=None) -> Workspace:
@@ -105,20 +107,24 @@ def open_workspace(config: AttributionConfig, quiet: bool = False, accelerator=N
     the synthetic corpus when its folders are missing and the data config allows it; (2) train
     the recommender when its folder is missing and ``train_recommender_if_missing`` allows it;
     (3) load data, tokenizer and recommender; (4) encode every news item once (shared across
-    the processes of ``accelerator``)."""
+    the processes of ``accelerator``; taken from the training's dev evaluation when (2) trained)."""
     rec = recommender_config(config)
     if is_main(accelerator):
         ensure_synthetic(rec.data)
     wait(accelerator)
-    path = ensure_recommender(config, rec, quiet, accelerator)
+    path, news_vectors = ensure_recommender(config, rec, quiet, accelerator)
     tokenizer = load_tokenizer(rec.model)
     data = load_mind_data(rec.data, tokenizer)
     model = load_recommender(path, rec.model)
     if accelerator is not None:
         model.to(accelerator.device)
-    news_vectors = encode_news_table(
-        model, data.table, rec.train.eval_batch_size, accelerator=accelerator
-    )
+    device = next(model.parameters()).device
+    if news_vectors is None or len(news_vectors) != len(data.table):
+        news_vectors = encode_news_table(
+            model, data.table, rec.train.eval_batch_size, accelerator=accelerator
+        )
+    else:  # the training's dev evaluation encoded this table with these weights already
+        news_vectors = news_vectors.to(device)
     return Workspace(config, rec, model, tokenizer, data, news_vectors, accelerator)
 
 

@@ -25,7 +25,7 @@ from attribution_analysis.data.loading import MindData, ensure_synthetic, load_m
 from attribution_analysis.data.mind import DataError
 from attribution_analysis.models.click_scorer import ClickScorer, batch_logits
 from attribution_analysis.models.history_cache import HistoryVectorCache
-from attribution_analysis.models.inference import score_impressions
+from attribution_analysis.models.inference import encode_news_table, score_impressions
 from attribution_analysis.models.lower_cache import build_lower_cache
 from attribution_analysis.models.nrms import NRMS
 from attribution_analysis.models.pretrained import load_tokenizer
@@ -50,6 +50,10 @@ class TrainResult:
     best_metrics: dict
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    news_vectors: torch.Tensor | None = None
+    """``[table rows, dim]``: every news vector of the token table under the best model, from
+    its dev evaluation (what :func:`~.inference.encode_news_table` gives for ``best_dir``'s
+    model, bit for bit); ``None`` when the best epoch came before a resume."""
 
 
 def _optimizer(model: NRMS, config: RecommenderConfig) -> torch.optim.Optimizer:
@@ -76,8 +80,10 @@ def evaluate_split(
     limit: int | None = None,
     accelerator=None,
     quiet: bool = True,
+    news_vectors: torch.Tensor | None = None,
 ) -> tuple[dict, list]:
-    """MIND metrics of ``split`` (news encoded once) and the per-impression scores.
+    """MIND metrics of ``split`` (news encoded once, or ``news_vectors [table rows, dim]`` of
+    ``model`` when given) and the per-impression scores.
 
     With several processes (``accelerator``) the news table and the impressions are sharded
     and the scores gathered in impression order on every process."""
@@ -90,6 +96,7 @@ def evaluate_split(
         data.table,
         config.data.max_history,
         config.train.eval_batch_size,
+        news_vectors=news_vectors,
         quiet=quiet,
         accelerator=accelerator,
     )
@@ -174,6 +181,7 @@ def train_recommender(
     )
 
     start_epoch, best, history = 0, {"auc": -math.inf}, []
+    best_vectors = None
     found = _latest_checkpoint(ckpt_dir, main)
     if found is not None:
         latest, state = found
@@ -206,8 +214,9 @@ def train_recommender(
             cache.clear()  # an epoch never reuses the previous one's vectors: exact resumes
         losses = _train_epoch(scorer, loader, data, lower_cache, optimizer, scheduler, accelerator,
                               config, epoch, quiet, cache)  # fmt: skip
+        vectors = encode_news_table(model, data.table, tc.eval_batch_size, quiet, accelerator)
         metrics, _ = evaluate_split(
-            model, data, "dev", config, tc.max_dev_impressions, accelerator, quiet
+            model, data, "dev", config, tc.max_dev_impressions, accelerator, quiet, vectors
         )
         row = {"epoch": epoch + 1, "train_loss": sum(losses) / max(len(losses), 1), **metrics}
         history.append(row)
@@ -221,7 +230,7 @@ def train_recommender(
         # Unlabelled dev (NaN AUC): the latest epoch counts as the best.
         improved = math.isnan(metrics["auc"]) or metrics["auc"] > best["auc"]
         if improved:
-            best = {**metrics, "epoch": epoch + 1}
+            best, best_vectors = {**metrics, "epoch": epoch + 1}, vectors
         if main:
             if improved:
                 save_recommender(
@@ -243,7 +252,8 @@ def train_recommender(
         atomic_write_json(run_dir / "history.json", history)
         lower_path.unlink(missing_ok=True)
     accelerator.wait_for_everyone()
-    return TrainResult(run_dir, best_dir, best, history, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    return TrainResult(run_dir, best_dir, best, history, seconds, best_vectors)
 
 
 def _train_epoch(
