@@ -207,11 +207,15 @@ def test_length_sorted_batches_hold_every_title_once_with_little_padding(setup):
 
 def test_fit_gets_the_rows_of_the_given_title_order(setup, monkeypatch):
     """fit_effect_head computes on length-sorted batches but hands the ridge fit every token's
-    features, targets and title index in the given order: those of batch-by-batch passes."""
+    features, targets and title index in the given order: those of batch-by-batch passes
+    (batches of other widths, given as an iterator)."""
     tok, model, dm, ids, mask, _ = setup
     method = LeaveOneOutMethod(model, tok.all_special_ids, baseline="zero")
     baseline = dm.baseline.detach()
-    given = _titles(ids, mask, size=4)
+    cuts = [(0, 2), (2, 5), (5, 6)]  # batches of 2, 3 and 1 titles, each cut to its width
+    widths = [int(mask[a:b].sum(-1).max()) for a, b in cuts]
+    given = [(ids[a:b, :w], mask[a:b, :w]) for (a, b), w in zip(cuts, widths)]
+    assert len({i.shape[1] for i, _ in given}) > 1  # batches of other widths: re-padded
     feats, targets, groups, offset = [], [], [], 0
     for i, m in given:  # the straightforward order: batch by batch, title by title
         scorable = method.scorable(i, m)
@@ -229,7 +233,7 @@ def test_fit_gets_the_rows_of_the_given_title_order(setup, monkeypatch):
         return "head"
 
     monkeypatch.setattr(EffectHead, "fit", staticmethod(capture))
-    assert fit_effect_head(method.adapter, baseline, given, method.scorable) == "head"
+    assert fit_effect_head(method.adapter, baseline, iter(given), method.scorable) == "head"
     assert torch.equal(captured["groups"], torch.cat(groups))
     torch.testing.assert_close(captured["features"], torch.cat(feats), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(captured["targets"], torch.cat(targets), atol=1e-5, rtol=1e-5)

@@ -28,6 +28,7 @@ from attribution_analysis.models.inference import encode_news_table, score_impre
 from attribution_analysis.models.serialization import build_nrms, load_model, load_recommender
 from attribution_analysis.models.training import evaluate_split, train_recommender
 from tests.helpers_foundation import (
+    copy_tiny_configs,
     data_config,
     make_corpus,
     single_thread,
@@ -176,6 +177,32 @@ def test_news_vectors_are_the_best_epochs_when_a_later_epoch_is_worse(
     last = build_nrms(config.model, len(tiny_tokenizer()))
     last.load_state_dict(checkpoint_weights(result.run_dir, 2))
     assert not torch.allclose(encode_news_table(last.eval(), data.table, size), best)
+
+
+def test_a_workspace_that_trains_its_recommender_reuses_the_news_vectors(
+    tmp_path, monkeypatch
+) -> None:
+    """open_workspace takes the vectors of the training it ran instead of encoding the table;
+    once the checkpoint exists it encodes, and gets the same vectors bit for bit."""
+    from attribution_analysis.app import workspace as workspace_module
+    from attribution_analysis.config import load_config
+
+    copy_tiny_configs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    config = load_config(AttributionConfig, "configs/attribution/tiny_test.yaml")
+    calls = []
+    real = workspace_module.encode_news_table
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(workspace_module, "encode_news_table", counting)
+    trained = workspace_module.open_workspace(config, quiet=True)
+    assert calls == []
+    reopened = workspace_module.open_workspace(config, quiet=True)
+    assert calls == [1]
+    assert torch.equal(trained.news_vectors, reopened.news_vectors)
 
 
 def test_load_model_refuses_mismatched_model_config(learned) -> None:

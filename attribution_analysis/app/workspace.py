@@ -107,7 +107,8 @@ def open_workspace(config: AttributionConfig, quiet: bool = False, accelerator=N
     the synthetic corpus when its folders are missing and the data config allows it; (2) train
     the recommender when its folder is missing and ``train_recommender_if_missing`` allows it;
     (3) load data, tokenizer and recommender; (4) encode every news item once (shared across
-    the processes of ``accelerator``; taken from the training's dev evaluation when (2) trained)."""
+    the processes of ``accelerator``; taken from the training's dev evaluation when (2) trained
+    the model on the device it is loaded to)."""
     rec = recommender_config(config)
     if is_main(accelerator):
         ensure_synthetic(rec.data)
@@ -119,12 +120,11 @@ def open_workspace(config: AttributionConfig, quiet: bool = False, accelerator=N
     if accelerator is not None:
         model.to(accelerator.device)
     device = next(model.parameters()).device
-    if news_vectors is None or len(news_vectors) != len(data.table):
+    fresh = news_vectors is not None and news_vectors.device == device
+    if not (fresh and len(news_vectors) == len(data.table)):  # another device rounds otherwise
         news_vectors = encode_news_table(
             model, data.table, rec.train.eval_batch_size, accelerator=accelerator
-        )
-    else:  # the training's dev evaluation encoded this table with these weights already
-        news_vectors = news_vectors.to(device)
+        )  # else: the training's dev evaluation encoded this table with these weights already
     return Workspace(config, rec, model, tokenizer, data, news_vectors, accelerator)
 
 

@@ -52,8 +52,9 @@ class TrainResult:
     seconds: float = 0.0
     news_vectors: torch.Tensor | None = None
     """``[table rows, dim]``: every news vector of the token table under the best model, from
-    its dev evaluation (what :func:`~.inference.encode_news_table` gives for ``best_dir``'s
-    model, bit for bit); ``None`` when the best epoch came before a resume."""
+    its dev evaluation (on the training device, what :func:`~.inference.encode_news_table`
+    gives there for ``best_dir``'s model, bit for bit); ``None`` when the best epoch came
+    before a resume."""
 
 
 def _optimizer(model: NRMS, config: RecommenderConfig) -> torch.optim.Optimizer:

@@ -19,7 +19,7 @@ DIFFMASK's own probe.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from scipy.stats import spearmanr
@@ -265,7 +265,7 @@ def _ranking_score(
 def fit_effect_head(
     adapter: ExplainedModel,
     baseline: torch.Tensor,
-    titles: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    titles: Iterable[tuple[torch.Tensor, torch.Tensor]],
     scorable_fn,
     users: torch.Tensor | None = None,
     seed: int = 0,
@@ -283,6 +283,7 @@ def fit_effect_head(
         users: ``[m, dim]`` readout vectors weighing the held-out error (:meth:`EffectHead.fit`).
     """
     check_linear_readout(adapter)
+    titles = list(titles)
     if not titles:
         raise ValueError("fitting the effect head needs titles")
     device = next(adapter.model.parameters()).device
@@ -298,7 +299,7 @@ def fit_effect_head(
         feats.append(token_features(original)[scorable].float().cpu())
         targets.append(dv[scorable].cpu())
         scorable = scorable.cpu()
-        groups.append(index[:, None].expand_as(scorable)[scorable])
+        groups.append(index.cpu()[:, None].expand_as(scorable)[scorable])
     groups = torch.cat(groups)
     order = torch.sort(groups, stable=True).indices  # back to the given title order
     features, targets = torch.cat(feats)[order], torch.cat(targets)[order]
