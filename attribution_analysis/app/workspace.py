@@ -120,11 +120,16 @@ def open_workspace(config: AttributionConfig, quiet: bool = False, accelerator=N
     if accelerator is not None:
         model.to(accelerator.device)
     device = next(model.parameters()).device
-    fresh = news_vectors is not None and news_vectors.device == device
-    if not (fresh and len(news_vectors) == len(data.table)):  # another device rounds otherwise
+    # the training's dev evaluation encoded this table with these weights; another device
+    # would round differently, so vectors from one are encoded again here
+    if (
+        news_vectors is None
+        or news_vectors.device != device
+        or len(news_vectors) != len(data.table)
+    ):
         news_vectors = encode_news_table(
             model, data.table, rec.train.eval_batch_size, accelerator=accelerator
-        )  # else: the training's dev evaluation encoded this table with these weights already
+        )
     return Workspace(config, rec, model, tokenizer, data, news_vectors, accelerator)
 
 
