@@ -21,11 +21,8 @@ from attribution_analysis.app.cli import positive_int, run_cli
 from attribution_analysis.config import RecommenderConfig, load_config
 from attribution_analysis.data.loading import ensure_synthetic, load_mind_data
 from attribution_analysis.models.pretrained import load_tokenizer
-from attribution_analysis.models.ranking_metrics import write_predictions
-from attribution_analysis.models.serialization import load_recommender
-from attribution_analysis.models.training import evaluate_split, train_recommender
+from attribution_analysis.models.training import train_recommender, write_dev_results
 from attribution_analysis.utils.devices import make_accelerator
-from attribution_analysis.utils.io import atomic_write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,23 +61,10 @@ def run(config: RecommenderConfig, quiet: bool = False) -> dict:
     accelerator.wait_for_everyone()
     data = load_mind_data(config.data, tokenizer)
     result = train_recommender(config, data, quiet=quiet)
-    model = load_recommender(result.best_dir, config.model).to(accelerator.device)
-    metrics, scores = evaluate_split(  # the news vectors of the best epoch's evaluation
-        model, data, "dev", config, accelerator=accelerator, news_vectors=result.news_vectors
-    )
-    summary = {
-        "dev": metrics,
-        "train_seconds": result.seconds,
-        "best_epoch": result.best_metrics.get("epoch"),
-        "data": data.stats.summary(),
-        "processes": accelerator.num_processes,
-    }
+    summary = write_dev_results(config, data, result, accelerator)
     if not main:
         return summary
-    write_predictions(
-        result.run_dir / "prediction.txt", [imp.impression_id for imp in data.dev], scores
-    )
-    atomic_write_json(result.run_dir / "metrics.json", summary)
+    metrics = summary["dev"]
     print(f"[data] {data.stats.summary()}")
     print(
         "[result] dev "

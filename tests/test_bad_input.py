@@ -154,10 +154,28 @@ def _bad_checkpoint(kind: str, tmp_path: Path, rec: dict, good: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize("keep", [100, 5000, 0.5, -10])
+def test_a_truncated_torch_file_is_named_truncated_or_corrupt(keep, tmp_path):
+    """Wherever a file is cut, the one-line reason says so: torch's own error is sometimes
+    ``OSError: [Errno 22] Invalid argument`` (a cut after 5,000 bytes of this file)."""
+    from attribution_analysis.utils.io import UnreadableFileError, load_torch_file
+
+    full = tmp_path / "full.pt"
+    torch.save({"a": torch.randn(1000, 100), "b": 3}, full)
+    data = full.read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[: int(keep * len(data)) if isinstance(keep, float) else keep])
+    with pytest.raises(UnreadableFileError) as exc:
+        load_torch_file(cut, "test file")
+    assert str(exc.value).startswith(f"{cut}: not a readable test file (truncated or corrupt: ")
+    assert "\n" not in str(exc.value)
+
+
 @pytest.mark.parametrize(
     ("kind", "reason"),
     [
-        ("truncated", "not a readable DIFFMASK checkpoint (RuntimeError: PytorchStreamReader"),
+        ("truncated", "not a readable DIFFMASK checkpoint (truncated or corrupt: RuntimeError: "
+                      "PytorchStreamReader"),
         ("empty", "not a readable DIFFMASK checkpoint (the file is empty)"),
         ("text", "not a readable DIFFMASK checkpoint (not a file written by torch.save)"),
         ("malicious_pickle", "not a readable DIFFMASK checkpoint (refused by safe loading: "
@@ -593,6 +611,17 @@ def test_a_refused_resume_leaves_the_run_folder_unchanged(diffmask_run, tmp_path
     assert _analyze(diffmask_run["config"], *args) == 2
     _one_error_line(capsys, "other DIFFMASK settings (constraint_margin)", "use a new run folder")
     assert (run / "config.yaml").read_bytes() == before[run / "config.yaml"]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_resume_with_other_learning_rates_is_refused_and_loses_nothing(diffmask_run, tmp_path,
+                                                                        capsys):  # fmt: skip
+    run = _copy(diffmask_run["run"], tmp_path / "run")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    args = ["--run_dir", str(run), "--n_epochs", "9", "--lr_probe", "0.05"]
+    assert _analyze(diffmask_run["config"], *args) == 2
+    _one_error_line(capsys, "other training settings (lr_probe: 0.001 there, 0.05 now)",
+                    "use a new run folder")  # fmt: skip
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 

@@ -13,9 +13,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import BertConfig, BertForSequenceClassification
 
+from attribution_analysis.config import DiffMaskTrainingConfig
 from attribution_analysis.data.explanation_set import ExplanationSet, select_examples
 from attribution_analysis.data.loading import load_mind_data
 from attribution_analysis.methods.diffmask import DIFFMASK
+from attribution_analysis.methods.diffmask.checkpoint import training_record
 from attribution_analysis.methods.diffmask.train_diffmask import (
     TrainingDiverged,
     extract_attributions_diffmask,
@@ -143,6 +145,46 @@ def test_resume_equals_uninterrupted(setup, tmp_path):
     for (k, v), (_, w) in zip(full.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(v, w, atol=0, rtol=0, msg=k)
     assert (tmp_path / "b" / "checkpoints" / "diffmask_epoch_3.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"lr_probe": 5e-2}, "lr_probe: 0.001 there, 0.05 now"),
+        ({"seed": 1}, "seed: 0 there, 1 now"),
+    ],
+)
+def test_resume_with_other_training_settings_is_refused(setup, tmp_path, change, named):
+    """A resumed run continues the folder's optimizer, scheduler and shuffles: other learning
+    rates or another seed are refused with the values, the folder untouched; a longer cap
+    resumes."""
+
+    def run(epochs, **kw):
+        dm = _diffmask(setup, probe_type="simple")
+        return train_diffmask(dm, _loader(setup, 16), n_epochs=epochs, output_dir=tmp_path,
+                              quiet=True, convergence=None, **kw)  # fmt: skip
+
+    run(1)
+    ckpts = tmp_path / "checkpoints"
+    before = {p.name: p.read_bytes() for p in ckpts.iterdir()}
+    with pytest.raises(ValueError, match=f"other training settings \\({named}\\).*new run folder"):
+        run(2, **change)
+    assert {p.name: p.read_bytes() for p in ckpts.iterdir()} == before
+    assert len(run(2).epochs) == 2  # n_epochs may change: resumed after epoch 1
+
+
+def test_a_checkpoint_without_a_training_record_still_resumes(setup, tmp_path):
+    dm = _diffmask(setup, probe_type="simple")
+    train_diffmask(dm, _loader(setup, 16), n_epochs=1, output_dir=tmp_path, quiet=True)
+    path = tmp_path / "checkpoints" / "diffmask_epoch_1.pt"
+    blob = torch.load(path, weights_only=True)
+    assert blob["training"] == {**training_record(DiffMaskTrainingConfig(), 0)}
+    del blob["training"]  # as written before the record existed
+    torch.save(blob, path)
+    history = train_diffmask(_diffmask(setup, probe_type="simple"), _loader(setup, 16),
+                             n_epochs=2, lr_probe=5e-2, output_dir=tmp_path, quiet=True,
+                             convergence=None)  # fmt: skip
+    assert len(history.epochs) == 2
 
 
 def test_checkpoint_roundtrip_and_foreign_model_refused(setup, tmp_path):

@@ -205,6 +205,36 @@ def test_a_workspace_that_trains_its_recommender_reuses_the_news_vectors(
     assert torch.equal(trained.news_vectors, reopened.news_vectors)
 
 
+def test_a_workspace_that_trains_its_recommender_writes_the_cli_dev_results(
+    tmp_path, monkeypatch
+) -> None:
+    """A recommender trained on the fly by open_workspace (the demo, analyze_diffmask) leaves
+    the same ``metrics.json`` and ``prediction.txt`` as ``train_recommender`` does."""
+    from attribution_analysis.app.workspace import open_workspace
+    from attribution_analysis.config import load_config, resolve_path
+
+    written = {}
+    for name in ("workspace", "cli"):
+        copy_tiny_configs(tmp_path / name)
+        monkeypatch.chdir(tmp_path / name)
+        config = load_config(AttributionConfig, "configs/attribution/tiny_test.yaml")
+        run_dir = resolve_path(config.checkpoint).parent
+        if name == "workspace":
+            open_workspace(config, quiet=True)
+        else:
+            rec = load_config(RecommenderConfig, config.model_config)
+            rec.train.output_dir, rec.train.run_name = str(run_dir.parent), run_dir.name
+            cli.run(rec, quiet=True)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        written[name] = (
+            metrics["dev"],
+            metrics["best_epoch"],
+            (run_dir / "prediction.txt").read_bytes(),
+        )
+    assert written["workspace"] == written["cli"]
+    assert written["cli"][2].count(b"\n") > 0
+
+
 def test_load_model_refuses_mismatched_model_config(learned) -> None:
     config, result = learned
     load_model(result.best_dir, config.model)  # same config: fine

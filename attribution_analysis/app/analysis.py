@@ -29,7 +29,7 @@ from attribution_analysis.evaluation.word_statistics import (
     top_words_rule,
 )
 from attribution_analysis.methods.diffmask import DIFFMASK
-from attribution_analysis.methods.diffmask.checkpoint import check_resumable
+from attribution_analysis.methods.diffmask.checkpoint import check_resumable, training_record
 from attribution_analysis.methods.diffmask.train_diffmask import (
     extract_attributions_diffmask,
     load_diffmask_checkpoint,
@@ -174,7 +174,8 @@ def run_analysis(
     else:
         diffmask = ws.build_diffmask()
     if not skip_training:
-        check_resumable(run_dir / "checkpoints", diffmask)  # before anything is written there
+        record = training_record(config.diffmask.training, config.seed)
+        check_resumable(run_dir / "checkpoints", diffmask, record)  # before anything is written
     # the run folder is written only now, once the inputs are known to be valid
     set_resume_hint(f"rerun the same command with --run_dir {run_dir} to resume")
     if main:

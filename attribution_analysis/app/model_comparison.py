@@ -47,7 +47,7 @@ from attribution_analysis.evaluation.model_diff import (
     ranking_auprc,
     word_differences,
 )
-from attribution_analysis.methods.diffmask.checkpoint import check_resumable
+from attribution_analysis.methods.diffmask.checkpoint import check_resumable, training_record
 from attribution_analysis.methods.extraction import extract_attributions
 from attribution_analysis.methods.registry import parse_method_list
 from attribution_analysis.models.inference import encode_news_table
@@ -111,7 +111,8 @@ def _explain(ws: Workspace, view: Workspace, examples, config: ModelComparisonCo
     """Train (or resume) the model's DIFFMASK and explain ``examples`` with it and the other
     ``config.methods``: ``{method: AttributionRun}`` (``attributions[_<method>].jsonl``)."""
     diffmask = ws.build_diffmask()
-    check_resumable(out / "diffmask" / "checkpoints", diffmask)
+    record = training_record(ws.config.diffmask.training, ws.config.seed)
+    check_resumable(out / "diffmask" / "checkpoints", diffmask, record)
     source = view if config.diffmask_train_data == "candidates" else ws
     train_ex, val_ex = diffmask_examples(source, config)
     diffmask = train_on_examples(source, out / "diffmask", train_ex, val_ex, quiet, diffmask)

@@ -25,7 +25,7 @@ from attribution_analysis.models.inference import encode_news_table
 from attribution_analysis.models.nrms import NRMS
 from attribution_analysis.models.pretrained import load_tokenizer
 from attribution_analysis.models.serialization import load_recommender
-from attribution_analysis.models.training import train_recommender
+from attribution_analysis.models.training import train_recommender, write_dev_results
 from attribution_analysis.utils.distributed import is_main, wait
 
 
@@ -77,12 +77,13 @@ def recommender_config(config: AttributionConfig) -> RecommenderConfig:
 
 
 def ensure_recommender(
-    config: AttributionConfig, rec: RecommenderConfig, quiet: bool, accelerator=None
+    config: AttributionConfig, rec: RecommenderConfig, data: MindData, quiet: bool, accelerator=None
 ) -> tuple[Path, torch.Tensor | None]:
-    """The trained recommender folder; trains it first when missing and allowed (all the
-    processes of ``accelerator`` take part). Also the news vectors of every token-table row
-    ``[rows, dim]`` when it trained the model just now (its dev evaluation computed them), else
-    ``None``."""
+    """The trained recommender folder; trains it first on ``data`` when missing and allowed (all
+    the processes of ``accelerator`` take part), and writes its dev results as
+    ``train_recommender`` does (``metrics.json``, ``prediction.txt``). Also the news vectors of
+    every token-table row ``[rows, dim]`` when it trained the model just now (its dev
+    evaluation computed them), else ``None``."""
     path = resolve_path(config.checkpoint)
     if (path / "model.safetensors").is_file():
         return path, None
@@ -98,24 +99,28 @@ def ensure_recommender(
         )
     if is_main(accelerator):
         print(f"[recommender] {path} not found: training the recommender first")  # even if quiet
-    result = train_recommender(rec, run_dir=path.parent, quiet=quiet)
+    result = train_recommender(rec, data, run_dir=path.parent, quiet=quiet)
+    summary = write_dev_results(rec, data, result)
+    if is_main(accelerator) and not quiet:
+        dev = "  ".join(f"{k}={v:.4f}" for k, v in summary["dev"].items() if isinstance(v, float))
+        print(f"[recommender] dev {dev}; {path.parent / 'metrics.json'}")
     return path, result.news_vectors
 
 
 def open_workspace(config: AttributionConfig, quiet: bool = False, accelerator=None) -> Workspace:
     """The workspace, in explicit steps, each said on screen when it does work: (1) generate
-    the synthetic corpus when its folders are missing and the data config allows it; (2) train
-    the recommender when its folder is missing and ``train_recommender_if_missing`` allows it;
-    (3) load data, tokenizer and recommender; (4) encode every news item once (shared across
-    the processes of ``accelerator``; taken from the training's dev evaluation when (2) trained
-    the model on the device it is loaded to)."""
+    the synthetic corpus when its folders are missing and the data config allows it; (2) load
+    data and tokenizer; (3) train the recommender when its folder is missing and
+    ``train_recommender_if_missing`` allows it; (4) load the recommender; (5) encode every news
+    item once (shared across the processes of ``accelerator``; taken from the training's dev
+    evaluation when (3) trained the model on the device it is loaded to)."""
     rec = recommender_config(config)
     if is_main(accelerator):
         ensure_synthetic(rec.data)
     wait(accelerator)
-    path, news_vectors = ensure_recommender(config, rec, quiet, accelerator)
     tokenizer = load_tokenizer(rec.model)
     data = load_mind_data(rec.data, tokenizer)
+    path, news_vectors = ensure_recommender(config, rec, data, quiet, accelerator)
     model = load_recommender(path, rec.model)
     if accelerator is not None:
         model.to(accelerator.device)

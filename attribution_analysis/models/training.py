@@ -29,8 +29,8 @@ from attribution_analysis.models.inference import encode_news_table, score_impre
 from attribution_analysis.models.lower_cache import build_lower_cache
 from attribution_analysis.models.nrms import NRMS
 from attribution_analysis.models.pretrained import load_tokenizer
-from attribution_analysis.models.ranking_metrics import mind_metrics
-from attribution_analysis.models.serialization import build_nrms, save_recommender
+from attribution_analysis.models.ranking_metrics import mind_metrics, write_predictions
+from attribution_analysis.models.serialization import build_nrms, load_recommender, save_recommender
 from attribution_analysis.utils.devices import make_accelerator, seed_everything
 from attribution_analysis.utils.distributed import gather_interleaved, interleaved_shard
 from attribution_analysis.utils.io import (
@@ -55,6 +55,35 @@ class TrainResult:
     its dev evaluation (on the training device, what :func:`~.inference.encode_news_table`
     gives there for ``best_dir``'s model, bit for bit); ``None`` when the best epoch came
     before a resume."""
+
+
+def write_dev_results(
+    config: RecommenderConfig, data: MindData, result: TrainResult, accelerator=None
+) -> dict:
+    """A training run's last step, whoever started it: reload the best model from
+    ``result.best_dir``, score the dev split (with ``result.news_vectors``, the best epoch's,
+    when the run has them) and write ``prediction.txt`` (MIND's ``impid [rank,...]``) and
+    ``metrics.json`` into ``result.run_dir`` (the main process only). Returns the summary
+    written: ``dev`` metrics, ``train_seconds``, ``best_epoch``, ``data`` statistics,
+    ``processes``."""
+    tc = config.train
+    accelerator = accelerator or make_accelerator(tc.device, tc.mixed_precision)
+    model = load_recommender(result.best_dir, config.model).to(accelerator.device)
+    metrics, scores = evaluate_split(
+        model, data, "dev", config, accelerator=accelerator, news_vectors=result.news_vectors
+    )
+    summary = {
+        "dev": metrics,
+        "train_seconds": result.seconds,
+        "best_epoch": result.best_metrics.get("epoch"),
+        "data": data.stats.summary(),
+        "processes": accelerator.num_processes,
+    }
+    if accelerator.is_main_process:
+        ids = [imp.impression_id for imp in data.dev]
+        write_predictions(result.run_dir / "prediction.txt", ids, scores)
+        atomic_write_json(result.run_dir / "metrics.json", summary)
+    return summary
 
 
 def _optimizer(model: NRMS, config: RecommenderConfig) -> torch.optim.Optimizer:

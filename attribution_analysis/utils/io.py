@@ -98,12 +98,14 @@ _REFUSED = "WeightsUnpickler error:"
 
 
 def _why(exc: Exception) -> str:
-    """The first sentence of why ``torch.load`` failed; for a file that safe loading refused,
-    what it refused (not torch's advice to load the file unsafely)."""
+    """The first sentence of why ``torch.load`` failed, after "truncated or corrupt" (torch's
+    own words, e.g. ``OSError: [Errno 22] Invalid argument`` for some truncations, do not say
+    so); for a file that safe loading refused, what it refused (not torch's advice to load the
+    file unsafely)."""
     text = str(exc)
     if _REFUSED in text:
         return "refused by safe loading: " + _first_sentence(text.split(_REFUSED, 1)[1])
-    return f"{type(exc).__name__}: {_first_sentence(text)}"
+    return f"truncated or corrupt: {type(exc).__name__}: {_first_sentence(text)}"
 
 
 def _first_sentence(text: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
+from attribution_analysis.config import DiffMaskTrainingConfig
 from attribution_analysis.methods.diffmask.diffmask import DIFFMASK
 from attribution_analysis.methods.explained_model import ExplainedModel, make_adapter
 from attribution_analysis.utils.io import UnreadableFileError, load_torch_file
@@ -23,17 +24,44 @@ CHECKPOINT_FORMAT = "diffmask/2"
 """Version 2: unbounded probe logits with a LayerNorm on the probe input (version 1 bounded them
 with ``tanh``); version-1 checkpoints are refused with this reason."""
 
+RESUME_TRAINING_KEYS = (
+    "lr_probe",
+    "lr_baseline",
+    "lr_lambda",
+    "warmup_steps",
+    "grad_clip",
+    "target_within_margin",
+)
+"""Training settings a resumed run must share with its run folder (with the seed): they shape
+the path the saved optimizer, scheduler and selection state continue. ``n_epochs`` (the cap)
+and the convergence rule may change on resume."""
+
+
+def training_record(training: DiffMaskTrainingConfig, seed: int) -> dict:
+    """The settings of ``training`` that a resumed run must keep (:data:`RESUME_TRAINING_KEYS`)
+    and the training seed, as stored in every epoch checkpoint."""
+    return {**{k: getattr(training, k) for k in RESUME_TRAINING_KEYS}, "seed": seed}
+
 
 def checkpoint_blob(
-    diffmask: DIFFMASK, fingerprint: str, optimizers: dict, scheduler, epoch: int, history, gen
+    diffmask: DIFFMASK,
+    fingerprint: str,
+    optimizers: dict,
+    scheduler,
+    epoch: int,
+    history,
+    gen,
+    training: dict | None = None,
 ) -> dict:
-    """Everything needed to resume training after ``epoch``: settings, the explained model's
+    """Everything needed to resume training after ``epoch``: settings, the training settings a
+    resumed run must keep (``training``: :func:`training_record`), the explained model's
     fingerprint, DIFFMASK's state, optimizer, scheduler and random-generator states and the
     training history (JSON text). Tensors only on the CPU; loadable with ``weights_only``."""
     return {
         "format": CHECKPOINT_FORMAT,
         "epoch": epoch,
         "settings": diffmask.settings,
+        "training": training,
         "fingerprint": fingerprint,
         "state": {k: v.detach().cpu() for k, v in diffmask.state_dict().items()},
         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
@@ -139,14 +167,33 @@ def latest_readable_checkpoint(ckpt_dir: Path, warn: bool = True) -> tuple[Path,
     return None
 
 
-def check_resumable(ckpt_dir: Path, diffmask: DIFFMASK) -> None:
+def check_resumable(ckpt_dir: Path, diffmask: DIFFMASK, training: dict | None = None) -> None:
     """Refuse, before anything is written, a run folder whose checkpoints were made for another
-    model or with other DIFFMASK settings (a folder without checkpoints is fine)."""
+    model, with other DIFFMASK settings or (given ``training``, a :func:`training_record`) with
+    other training settings (a folder without checkpoints is fine)."""
     found = latest_readable_checkpoint(ckpt_dir, warn=False)  # training warns when it resumes
     if found is not None:
         path, blob = found
         check_compatible(blob, diffmask.adapter, path)
         check_same_settings(saved_settings(blob["settings"]), diffmask.settings, path)
+        if training is not None:
+            check_same_training(blob.get("training"), training, path)
+
+
+def check_same_training(saved: dict | None, current: dict, path: Path) -> None:
+    """Resuming continues the same run: refuse other learning rates, warm-up, clipping,
+    selection target or seed than the folder's (``saved`` None: a checkpoint from before these
+    were recorded, not checked)."""
+    if saved is None:
+        return
+    diff = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    if diff:
+        values = ", ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in diff)
+        raise ValueError(
+            f"{path}: this run folder was trained with other training settings ({values}); "
+            "resume with the folder's settings or use a new run folder (n_epochs and the "
+            "convergence rule may change on resume)"
+        )
 
 
 def check_same_settings(saved: dict, current: dict, path: Path) -> None:

@@ -38,6 +38,7 @@ from attribution_analysis.methods.diffmask.checkpoint import (
     CHECKPOINT_FORMAT,
     check_compatible,
     check_same_settings,
+    check_same_training,
     checkpoint_blob,
     latest_checkpoint,
     latest_readable_checkpoint,
@@ -45,6 +46,7 @@ from attribution_analysis.methods.diffmask.checkpoint import (
     read_checkpoint,
     rebind_diffmask,
     saved_settings,
+    training_record,
 )
 from attribution_analysis.methods.diffmask.convergence import (
     ConvergenceRule,
@@ -304,11 +306,13 @@ def train_diffmask(
     )
     gen = torch.Generator(device="cpu").manual_seed(seed)
     history, start = TrainingHistory(run_dir=run_dir), 0
+    record = training_record(t, seed)  # what a resumed run must keep
     found = latest_readable_checkpoint(ckpt_dir) if resume and save_checkpoints else None
     if found is not None:
         latest, blob = found
         check_compatible(blob, model, latest)
         check_same_settings(saved_settings(blob["settings"]), diffmask.settings, latest)
+        check_same_training(blob.get("training"), record, latest)
         history = _restore(diffmask, optimizers, scheduler, gen, blob, ckpt_dir)
         history.run_dir, start = run_dir, blob["epoch"]
         if main:
@@ -408,7 +412,7 @@ def train_diffmask(
                     history.best_checkpoint = ckpt_dir / "best.pt"
                 if main:
                     blob = checkpoint_blob(
-                        diffmask, fingerprint, optimizers, scheduler, epoch, history, gen
+                        diffmask, fingerprint, optimizers, scheduler, epoch, history, gen, record
                     )
                     atomic_torch_save(path, blob)
                     if history.best_epoch == epoch:
