@@ -46,7 +46,10 @@ def extract_attributions(
 
     def run(handle) -> None:
         nonlocal done
-        bar = tqdm(total=n_samples, desc="attributions", disable=quiet or rank > 0)
+        total, dataset = n_samples, getattr(loader, "dataset", None)
+        if hasattr(dataset, "__len__"):  # a bar of the examples there are, not of the cap
+            total = len(dataset) if n_samples is None else min(n_samples, len(dataset))
+        bar = tqdm(total=total, desc="attributions", disable=quiet or rank > 0)
         mine: list[AttributionResult] = []
         last = -1
         for i, batch in enumerate(loader):
