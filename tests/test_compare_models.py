@@ -280,6 +280,26 @@ def test_reusing_explanations_recomputes_the_statistics_only(run, tmp_path, caps
     assert "Traceback" not in err and "needs the run folder that holds them (--run_dir)" in err
 
 
+def test_a_resume_with_other_training_settings_for_model_b_changes_no_file(run, capsys) -> None:
+    """Both models' run folders are checked before anything is written: model B's DIFFMASK
+    with another learning rate is refused before model A's files are rewritten."""
+    root, folder = run
+    attr = yaml.safe_load((root / "attr_poisoned.yaml").read_text())
+    attr["diffmask"]["training"]["lr_probe"] = 0.05
+    (root / "attr_poisoned_lr.yaml").write_text(yaml.safe_dump(attr))
+    compare = yaml.safe_load((root / "compare.yaml").read_text())
+    (root / "compare_lr.yaml").write_text(
+        yaml.safe_dump({**compare, "model_b": "attr_poisoned_lr.yaml"})
+    )
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert _main_in(root, ["--config", "compare_lr.yaml", "--quiet", "--run_dir", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "model_b" in err
+    assert "other training settings (lr_probe: 0.001 there, 0.05 now)" in err
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
 def test_methods_flag_adds_a_method_to_a_finished_run(run, tmp_path, capsys) -> None:
     """``--methods diffmask`` runs DIFFMASK alone; ``--run_dir`` with ``--methods
     diffmask,leave_one_out`` then adds leave-one-out without retraining either DIFFMASK."""

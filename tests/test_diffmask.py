@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -152,39 +153,63 @@ def test_resume_equals_uninterrupted(setup, tmp_path):
     [
         ({"lr_probe": 5e-2}, "lr_probe: 0.001 there, 0.05 now"),
         ({"seed": 1}, "seed: 0 there, 1 now"),
+        ({"batch_size": 4}, "train_batch_size: 8 there, 4 now"),
+        ({"n": 12}, "train_examples: 16 there, 12 now, train_ids: "),
+        ({"data_seed": 3}, "other training settings (train_ids: "),
     ],
 )
-def test_resume_with_other_training_settings_is_refused(setup, tmp_path, change, named):
-    """A resumed run continues the folder's optimizer, scheduler and shuffles: other learning
-    rates or another seed are refused with the values, the folder untouched; a longer cap
-    resumes."""
+def test_resume_with_other_training_settings_is_refused(setup, tmp_path, capsys, change, named):
+    """A resumed run continues the folder's optimizer, scheduler, shuffles and examples: other
+    learning rates, another seed, batch size or other examples are refused with the values, the
+    folder untouched; a longer cap resumes (and says so)."""
 
-    def run(epochs, **kw):
+    def run(epochs, n=16, batch_size=8, data_seed=0, **kw):
         dm = _diffmask(setup, probe_type="simple")
-        return train_diffmask(dm, _loader(setup, 16), n_epochs=epochs, output_dir=tmp_path,
-                              quiet=True, convergence=None, **kw)  # fmt: skip
+        loader = _loader(setup, n, seed=data_seed, batch_size=batch_size)
+        return train_diffmask(dm, loader, n_epochs=epochs, output_dir=tmp_path, quiet=True,
+                              convergence=None, **kw)  # fmt: skip
 
     run(1)
     ckpts = tmp_path / "checkpoints"
     before = {p.name: p.read_bytes() for p in ckpts.iterdir()}
-    with pytest.raises(ValueError, match=f"other training settings \\({named}\\).*new run folder"):
+    capsys.readouterr()
+    with pytest.raises(ValueError, match=re.escape(named)) as exc:
         run(2, **change)
+    assert "other training settings" in str(exc.value) and "new run folder" in str(exc.value)
     assert {p.name: p.read_bytes() for p in ckpts.iterdir()} == before
-    assert len(run(2).epochs) == 2  # n_epochs may change: resumed after epoch 1
+    assert len(run(2).epochs) == 2  # n_epochs may change:
+    assert "resumed from" in capsys.readouterr().out  # epoch 1 was not trained again
+    assert (ckpts / "diffmask_epoch_1.pt").read_bytes() == before["diffmask_epoch_1.pt"]
 
 
-def test_a_checkpoint_without_a_training_record_still_resumes(setup, tmp_path):
+def test_the_training_record_holds_plain_numbers():
+    """numpy hyper-parameters would make every checkpoint unreadable by safe loading."""
+    import numpy as np
+
+    training = dataclasses.replace(
+        DiffMaskTrainingConfig(), lr_probe=np.float64(1e-3), warmup_steps=np.int64(5)
+    )
+    record = training_record(training, np.int64(0), [], None)
+    assert type(record["lr_probe"]) is float and type(record["warmup_steps"]) is int
+    assert type(record["seed"]) is int
+    assert record["train_examples"] is None and record["val_ids"] is None  # a plain list
+
+
+def test_a_checkpoint_without_a_training_record_still_resumes(setup, tmp_path, capsys):
+    loader = _loader(setup, 16)
     dm = _diffmask(setup, probe_type="simple")
-    train_diffmask(dm, _loader(setup, 16), n_epochs=1, output_dir=tmp_path, quiet=True)
+    train_diffmask(dm, loader, n_epochs=1, output_dir=tmp_path, quiet=True)
     path = tmp_path / "checkpoints" / "diffmask_epoch_1.pt"
     blob = torch.load(path, weights_only=True)
-    assert blob["training"] == {**training_record(DiffMaskTrainingConfig(), 0)}
+    assert blob["training"] == training_record(DiffMaskTrainingConfig(), 0, loader, None)
+    assert blob["training"]["train_examples"] == 16 and blob["training"]["train_ids"]
     del blob["training"]  # as written before the record existed
     torch.save(blob, path)
+    capsys.readouterr()
     history = train_diffmask(_diffmask(setup, probe_type="simple"), _loader(setup, 16),
                              n_epochs=2, lr_probe=5e-2, output_dir=tmp_path, quiet=True,
                              convergence=None)  # fmt: skip
-    assert len(history.epochs) == 2
+    assert len(history.epochs) == 2 and "resumed from" in capsys.readouterr().out
 
 
 def test_checkpoint_roundtrip_and_foreign_model_refused(setup, tmp_path):

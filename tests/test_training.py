@@ -235,6 +235,30 @@ def test_a_workspace_that_trains_its_recommender_writes_the_cli_dev_results(
     assert written["cli"][2].count(b"\n") > 0
 
 
+@pytest.mark.parametrize(
+    ("checkpoint", "trainable", "reason"),
+    [("output/none/best", False, "train_recommender_if_missing: true"),
+     ("output/none/model", True, "name a folder ending in /best")],
+)  # fmt: skip
+def test_a_missing_recommender_is_refused_before_any_data_is_loaded(
+    tmp_path, monkeypatch, checkpoint, trainable, reason
+) -> None:
+    from attribution_analysis.app import workspace as workspace_module
+    from attribution_analysis.config import load_config
+
+    copy_tiny_configs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    config = load_config(AttributionConfig, "configs/attribution/tiny_test.yaml")
+    config.checkpoint, config.train_recommender_if_missing = checkpoint, trainable
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data loaded before the recommender folder was checked")
+
+    monkeypatch.setattr(workspace_module, "load_mind_data", no_loading)
+    with pytest.raises(FileNotFoundError, match=reason):
+        workspace_module.open_workspace(config, quiet=True)
+
+
 def test_load_model_refuses_mismatched_model_config(learned) -> None:
     config, result = learned
     load_model(result.best_dir, config.model)  # same config: fine

@@ -116,14 +116,27 @@ def train_on_examples(
     return diffmask
 
 
+def diffmask_loaders(ws: Workspace, train_ex: list, val_ex: list) -> tuple:
+    """The loaders DIFFMASK trains (shuffled) and validates on."""
+    return ws.loader(train_ex, shuffle=True), ws.loader(val_ex)
+
+
+def resume_record(ws: Workspace, train_ex: list, val_ex: list) -> dict:
+    """What a DIFFMASK run folder must share with a run that resumes it (``check_resumable``
+    checks it before anything is written; ``train_diffmask`` records it)."""
+    cfg = ws.config
+    return training_record(cfg.diffmask.training, cfg.seed, *diffmask_loaders(ws, train_ex, val_ex))
+
+
 def _train(ws: Workspace, diffmask: DIFFMASK, run_dir: Path, train_ex, val_ex, quiet: bool):
     cfg = ws.config
+    train_loader, val_loader = diffmask_loaders(ws, train_ex, val_ex)
     torch.manual_seed(cfg.seed)
     return train_diffmask(
         diffmask,
-        ws.loader(train_ex, shuffle=True),
+        train_loader,
         cfg.diffmask.training,
-        val_loader=ws.loader(val_ex),
+        val_loader=val_loader,
         output_dir=run_dir,
         device=cfg.device,
         mixed_precision=cfg.mixed_precision,
@@ -174,7 +187,7 @@ def run_analysis(
     else:
         diffmask = ws.build_diffmask()
     if not skip_training:
-        record = training_record(config.diffmask.training, config.seed)
+        record = resume_record(ws, train_ex, val_ex)
         check_resumable(run_dir / "checkpoints", diffmask, record)  # before anything is written
     # the run folder is written only now, once the inputs are known to be valid
     set_resume_hint(f"rerun the same command with --run_dir {run_dir} to resume")

@@ -22,7 +22,12 @@ from pathlib import Path
 
 import yaml
 
-from attribution_analysis.app.analysis import _csv_text, annotate, train_on_examples
+from attribution_analysis.app.analysis import (
+    _csv_text,
+    annotate,
+    resume_record,
+    train_on_examples,
+)
 from attribution_analysis.app.cli import set_resume_hint
 from attribution_analysis.app.comparison import build_methods
 from attribution_analysis.app.workspace import Workspace, open_workspace, split_examples
@@ -47,7 +52,7 @@ from attribution_analysis.evaluation.model_diff import (
     ranking_auprc,
     word_differences,
 )
-from attribution_analysis.methods.diffmask.checkpoint import check_resumable, training_record
+from attribution_analysis.methods.diffmask.checkpoint import check_resumable
 from attribution_analysis.methods.extraction import extract_attributions
 from attribution_analysis.methods.registry import parse_method_list
 from attribution_analysis.models.inference import encode_news_table
@@ -106,23 +111,33 @@ def _view(ws: Workspace, data_ws: Workspace) -> Workspace:
                      vectors)  # fmt: skip
 
 
-def _explain(ws: Workspace, view: Workspace, examples, config: ModelComparisonConfig,
-             out: Path, quiet: bool) -> dict[str, AttributionRun]:  # fmt: skip
-    """Train (or resume) the model's DIFFMASK and explain ``examples`` with it and the other
-    ``config.methods``: ``{method: AttributionRun}`` (``attributions[_<method>].jsonl``)."""
+def _prepare(ws: Workspace, view: Workspace, config: ModelComparisonConfig, out: Path) -> tuple:
+    """The model's fresh DIFFMASK, the workspace whose examples train it (``view`` with
+    ``diffmask_train_data: candidates``) and its training and validation examples, after
+    refusing a run folder ``out`` that holds another run (checked for both models before
+    anything is written)."""
     diffmask = ws.build_diffmask()
-    record = training_record(ws.config.diffmask.training, ws.config.seed)
-    check_resumable(out / "diffmask" / "checkpoints", diffmask, record)
     source = view if config.diffmask_train_data == "candidates" else ws
     train_ex, val_ex = diffmask_examples(source, config)
+    record = resume_record(source, train_ex, val_ex)
+    check_resumable(out / "diffmask" / "checkpoints", diffmask, record)
+    return diffmask, source, train_ex, val_ex
+
+
+def _explain(view: Workspace, examples, config: ModelComparisonConfig, out: Path, quiet: bool,
+             prepared: tuple) -> dict[str, AttributionRun]:  # fmt: skip
+    """Train (or resume) the model's DIFFMASK (:func:`_prepare`) and explain ``examples`` with
+    it and the other ``config.methods``: ``{method: AttributionRun}``
+    (``attributions[_<method>].jsonl``)."""
+    diffmask, source, train_ex, val_ex = prepared
     diffmask = train_on_examples(source, out / "diffmask", train_ex, val_ex, quiet, diffmask)
     device = str(next(diffmask.parameters()).device)
     methods = build_methods(view, list(dict.fromkeys(["diffmask", *config.methods])), diffmask,
-                            ws.config.ig_steps)  # fmt: skip
+                            view.config.ig_steps)  # fmt: skip
     runs = {}
     for name, method in methods.items():
         results = extract_attributions(method, view.loader(examples), len(examples), device,
-                                       ws.tokenizer, quiet=quiet)  # fmt: skip
+                                       view.tokenizer, quiet=quiet)  # fmt: skip
         runs[name] = annotate(view, results, config.split)
         runs[name].save(out / ("attributions.jsonl" if name == "diffmask"
                                else f"attributions_{name}.jsonl"))  # fmt: skip
@@ -251,6 +266,10 @@ def run_model_comparison(
     examples = _candidates(config, data_ws)
     if saved is not None:
         _check_same_candidates(examples, saved, run_dir)
+    if saved is None:  # both run folders checked before anything is written
+        views = {k: _view(spaces[k], data_ws) for k in MODELS}
+        prepared = {k: _prepare(spaces[k], views[k], config, run_dir / f"model_{k}")
+                    for k in MODELS}  # fmt: skip
     set_resume_hint(f"rerun the same command with --run_dir {run_dir} to resume")
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
     runs = saved if saved is not None else {}
@@ -258,8 +277,8 @@ def run_model_comparison(
         for k in MODELS:
             if not quiet:
                 print(f"[compare] model {k.upper()}: DIFFMASK and {len(examples)} explanations")
-            runs[k] = _explain(spaces[k], _view(spaces[k], data_ws), examples, config,
-                               run_dir / f"model_{k}", quiet)  # fmt: skip
+            runs[k] = _explain(views[k], examples, config, run_dir / f"model_{k}", quiet,
+                               prepared[k])  # fmt: skip
     known = known_words(config, data_ws)
     per_method = {}
     for name in runs["a"]:

@@ -76,17 +76,12 @@ def recommender_config(config: AttributionConfig) -> RecommenderConfig:
     return load_config(RecommenderConfig, resolve_path(config.model_config))
 
 
-def ensure_recommender(
-    config: AttributionConfig, rec: RecommenderConfig, data: MindData, quiet: bool, accelerator=None
-) -> tuple[Path, torch.Tensor | None]:
-    """The trained recommender folder; trains it first on ``data`` when missing and allowed (all
-    the processes of ``accelerator`` take part), and writes its dev results as
-    ``train_recommender`` does (``metrics.json``, ``prediction.txt``). Also the news vectors of
-    every token-table row ``[rows, dim]`` when it trained the model just now (its dev
-    evaluation computed them), else ``None``."""
+def recommender_folder(config: AttributionConfig) -> tuple[Path, bool]:
+    """The recommender folder and whether it holds a trained model; refuses, before any data is
+    loaded, a missing one that may not or cannot be trained here."""
     path = resolve_path(config.checkpoint)
     if (path / "model.safetensors").is_file():
-        return path, None
+        return path, True
     if not config.train_recommender_if_missing:
         raise FileNotFoundError(
             f"recommender checkpoint not found: {path} (train it with python -m "
@@ -97,6 +92,16 @@ def ensure_recommender(
             f"recommender checkpoint not found: {path}; to train it here, name a folder "
             "ending in /best"
         )
+    return path, False
+
+
+def train_missing_recommender(
+    path: Path, rec: RecommenderConfig, data: MindData, quiet: bool, accelerator=None
+) -> torch.Tensor | None:
+    """Train the recommender into ``path`` (a missing ``.../best``) on ``data`` (all the
+    processes of ``accelerator`` take part) and write its dev results as ``train_recommender``
+    does (``metrics.json``, ``prediction.txt``). Returns the news vectors of every token-table
+    row ``[rows, dim]`` from its dev evaluation (``None`` when it has none)."""
     if is_main(accelerator):
         print(f"[recommender] {path} not found: training the recommender first")  # even if quiet
     result = train_recommender(rec, data, run_dir=path.parent, quiet=quiet)
@@ -104,7 +109,7 @@ def ensure_recommender(
     if is_main(accelerator) and not quiet:
         dev = "  ".join(f"{k}={v:.4f}" for k, v in summary["dev"].items() if isinstance(v, float))
         print(f"[recommender] dev {dev}; {path.parent / 'metrics.json'}")
-    return path, result.news_vectors
+    return result.news_vectors
 
 
 def open_workspace(config: AttributionConfig, quiet: bool = False, accelerator=None) -> Workspace:
@@ -118,9 +123,12 @@ def open_workspace(config: AttributionConfig, quiet: bool = False, accelerator=N
     if is_main(accelerator):
         ensure_synthetic(rec.data)
     wait(accelerator)
+    path, trained = recommender_folder(config)
     tokenizer = load_tokenizer(rec.model)
     data = load_mind_data(rec.data, tokenizer)
-    path, news_vectors = ensure_recommender(config, rec, data, quiet, accelerator)
+    news_vectors = None
+    if not trained:
+        news_vectors = train_missing_recommender(path, rec, data, quiet, accelerator)
     model = load_recommender(path, rec.model)
     if accelerator is not None:
         model.to(accelerator.device)

@@ -10,7 +10,9 @@ another model is refused with the reason. A training run keeps one file per epoc
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from torch import nn
@@ -32,15 +34,40 @@ RESUME_TRAINING_KEYS = (
     "grad_clip",
     "target_within_margin",
 )
-"""Training settings a resumed run must share with its run folder (with the seed): they shape
-the path the saved optimizer, scheduler and selection state continue. ``n_epochs`` (the cap)
-and the convergence rule may change on resume."""
+"""Training settings a resumed run must share with its run folder (with the seed and the data:
+:func:`training_record`): they shape the path the saved optimizer, scheduler and selection
+state continue. ``n_epochs`` (the cap) and the convergence rule may change on resume."""
 
 
-def training_record(training: DiffMaskTrainingConfig, seed: int) -> dict:
-    """The settings of ``training`` that a resumed run must keep (:data:`RESUME_TRAINING_KEYS`)
-    and the training seed, as stored in every epoch checkpoint."""
-    return {**{k: getattr(training, k) for k in RESUME_TRAINING_KEYS}, "seed": seed}
+def training_record(
+    training: DiffMaskTrainingConfig, seed: int, train_loader: Iterable, val_loader: Iterable | None
+) -> dict:
+    """What a resumed run must keep, as stored in every epoch checkpoint: the settings of
+    ``training`` named in :data:`RESUME_TRAINING_KEYS` (as plain floats and ints), the training
+    seed, and for each loader its batch size, its number of examples and, for a dataset of
+    explanation examples (``dataset.examples``), a hash of which examples they are (``None``
+    where a loader does not tell)."""
+    record: dict = {k: getattr(training, k) for k in RESUME_TRAINING_KEYS}
+    record = {k: v if v is None else int(v) if k == "warmup_steps" else float(v)
+              for k, v in record.items()}  # fmt: skip
+    record["seed"] = int(seed)
+    for name, loader in (("train", train_loader), ("val", val_loader)):
+        dataset = getattr(loader, "dataset", None)
+        size = getattr(loader, "batch_size", None)
+        record[f"{name}_batch_size"] = int(size) if size is not None else None
+        record[f"{name}_examples"] = len(dataset) if hasattr(dataset, "__len__") else None
+        record[f"{name}_ids"] = _examples_hash(getattr(dataset, "examples", None))
+    return record
+
+
+def _examples_hash(examples) -> str | None:
+    """sha256 (16 hex digits) of the examples' ``impression.impression_id`` and ``position``,
+    in order; ``None`` for anything else."""
+    try:
+        keys = [f"{e.impression.impression_id}:{e.position}" for e in examples]
+    except (AttributeError, TypeError):
+        return None
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
 
 
 def checkpoint_blob(
@@ -182,8 +209,8 @@ def check_resumable(ckpt_dir: Path, diffmask: DIFFMASK, training: dict | None = 
 
 def check_same_training(saved: dict | None, current: dict, path: Path) -> None:
     """Resuming continues the same run: refuse other learning rates, warm-up, clipping,
-    selection target or seed than the folder's (``saved`` None: a checkpoint from before these
-    were recorded, not checked)."""
+    selection target, seed, batch sizes or training and validation examples than the folder's
+    (``saved`` None: a checkpoint from before these were recorded, not checked)."""
     if saved is None:
         return
     diff = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]

@@ -292,6 +292,7 @@ def train_diffmask(
     device_t = accelerator.device
     main = accelerator.is_main_process
     quiet = quiet or not main
+    record = training_record(t, seed, train_loader, val_loader)  # what a resume must keep
     train_loader = _prepared(train_loader, accelerator)
     val_loader = _prepared(val_loader, accelerator) if val_loader is not None else None
     run_dir = Path(output_dir) if output_dir else timestamped_dir("output/diffmask")
@@ -306,7 +307,6 @@ def train_diffmask(
     )
     gen = torch.Generator(device="cpu").manual_seed(seed)
     history, start = TrainingHistory(run_dir=run_dir), 0
-    record = training_record(t, seed)  # what a resumed run must keep
     found = latest_readable_checkpoint(ckpt_dir) if resume and save_checkpoints else None
     if found is not None:
         latest, blob = found
