@@ -115,13 +115,15 @@ def test_extraction_file_is_written_once_in_loader_order(runs):
 
 @pytest.mark.slow
 def test_analysis_command_on_two_processes(tmp_path):
-    """``analyze_diffmask`` under ``torchrun`` (2 CPU processes): the recommender, DIFFMASK,
-    extraction and comparison run sharded; one run folder, written once, complete."""
-    import shutil
+    """``analyze_diffmask`` under ``torchrun`` (2 CPU processes, ``device: auto``): the
+    recommender, DIFFMASK, extraction and comparison run sharded; one run folder, written once,
+    complete."""
 
     for rel in ("configs/attribution/tiny_test.yaml", "configs/recommender/tiny_test.yaml"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / rel, tmp_path / rel)
+        text = (ROOT / rel).read_text()  # device: auto, as the shipped configs: on this CPU
+        assert "device: cpu" in text  # machine the launch must still form one 2-process run
+        (tmp_path / rel).write_text(text.replace("device: cpu", "device: auto"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", "29507", str(ROOT / "attribution_analysis" / "analyze_diffmask.py"),
@@ -137,3 +139,19 @@ def test_analysis_command_on_two_processes(tmp_path):
         assert (run / name).is_file(), name
     assert done.stdout.count("[result] run folder:") == 1  # printed by the main process only
     assert not list(run.rglob("*.tmp"))
+
+
+def test_auto_joins_a_launched_cpu_group_only_without_cuda(monkeypatch):
+    """accelerate forms a 2-process CPU group only with ``cpu=True``: ``device: auto`` asks for
+    it under a launcher on a machine without CUDA (else each process ran the command alone)."""
+    from attribution_analysis.utils import devices
+
+    launched = {"WORLD_SIZE": "2"}
+    assert devices.runs_on_cpu("cpu", {}) and devices.runs_on_cpu("cpu", launched)
+    assert not devices.runs_on_cpu("auto", {}) and not devices.runs_on_cpu(
+        "auto", {"WORLD_SIZE": "1"}
+    )
+    monkeypatch.setattr(devices.torch.cuda, "is_available", lambda: False)
+    assert devices.runs_on_cpu("auto", launched)
+    monkeypatch.setattr(devices.torch.cuda, "is_available", lambda: True)
+    assert not devices.runs_on_cpu("auto", launched) and not devices.runs_on_cpu("cuda", launched)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
@@ -20,6 +22,18 @@ def check_device(device: str) -> str:
     return device
 
 
+def runs_on_cpu(device: str, environ=os.environ) -> bool:
+    """Whether the accelerator is told ``cpu=True``: for ``cpu``, and for ``auto`` on a machine
+    without a CUDA GPU when a launcher started several processes (``WORLD_SIZE`` > 1). accelerate
+    forms a multi-process CPU group (gloo) only with ``cpu=True``; without it every process of a
+    ``torchrun --nproc_per_node 2`` on a CPU-only machine ran the whole command alone. A single
+    process with ``auto`` keeps accelerate's own choice."""
+    if device == "cpu":
+        return True
+    launched = int(environ.get("WORLD_SIZE", "1")) > 1
+    return device == "auto" and launched and not torch.cuda.is_available()
+
+
 def make_accelerator(device: str = "auto", mixed_precision: str = "no") -> Accelerator:
     """An :class:`accelerate.Accelerator` for ``device`` (auto, cpu, cuda) and precision.
 
@@ -31,7 +45,7 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no") -> Accel
             f"mixed_precision must be one of {VALID_PRECISION}, got {mixed_precision!r}"
         )
     return Accelerator(
-        cpu=device == "cpu",
+        cpu=runs_on_cpu(device),
         mixed_precision=mixed_precision,
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
