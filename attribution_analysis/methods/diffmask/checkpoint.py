@@ -47,17 +47,22 @@ def training_record(
     seed, and for each loader its batch size, its number of examples and, for a dataset of
     explanation examples (``dataset.examples``), a hash of which examples they are (``None``
     where a loader does not tell)."""
-    record: dict = {k: getattr(training, k) for k in RESUME_TRAINING_KEYS}
-    record = {k: v if v is None else int(v) if k == "warmup_steps" else float(v)
-              for k, v in record.items()}  # fmt: skip
+    record = {
+        k: _plain(getattr(training, k), int if k == "warmup_steps" else float)
+        for k in RESUME_TRAINING_KEYS
+    }
     record["seed"] = int(seed)
     for name, loader in (("train", train_loader), ("val", val_loader)):
         dataset = getattr(loader, "dataset", None)
-        size = getattr(loader, "batch_size", None)
-        record[f"{name}_batch_size"] = int(size) if size is not None else None
+        record[f"{name}_batch_size"] = _plain(getattr(loader, "batch_size", None), int)
         record[f"{name}_examples"] = len(dataset) if hasattr(dataset, "__len__") else None
         record[f"{name}_ids"] = _examples_hash(getattr(dataset, "examples", None))
     return record
+
+
+def _plain(value, kind: type):
+    """``value`` as a plain ``kind`` (safe loading refuses numpy scalars); ``None`` stays."""
+    return None if value is None else kind(value)
 
 
 def _examples_hash(examples) -> str | None:
@@ -213,7 +218,7 @@ def check_same_training(saved: dict | None, current: dict, path: Path) -> None:
     (``saved`` None: a checkpoint from before these were recorded, not checked)."""
     if saved is None:
         return
-    diff = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    diff = _differing(saved, current)
     if diff:
         values = ", ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in diff)
         raise ValueError(
@@ -225,8 +230,7 @@ def check_same_training(saved: dict | None, current: dict, path: Path) -> None:
 
 def check_same_settings(saved: dict, current: dict, path: Path) -> None:
     """Resuming continues the same run: refuse a run folder trained with other settings."""
-    keys = sorted((set(saved) | set(current)) - {"baseline_used"})
-    diff = [k for k in keys if saved.get(k) != current.get(k)]
+    diff = _differing(saved, current, ignore=("baseline_used",))
     if diff:
         hint = ""
         if "probe_context" in diff:
@@ -239,3 +243,9 @@ def check_same_settings(saved: dict, current: dict, path: Path) -> None:
             f"{path}: this run folder was trained with other DIFFMASK settings "
             f"({', '.join(diff)}){hint}; use a new run folder"
         )
+
+
+def _differing(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The keys (sorted, over both dicts, less ``ignore``) whose values differ."""
+    keys = sorted((set(saved) | set(current)) - set(ignore))
+    return [k for k in keys if saved.get(k) != current.get(k)]
