@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="trained DIFFMASK checkpoint (else trained on the fly)")
     p.add_argument("--removal", default="mask", choices=sorted(OPERATIONS), help="removal op")
     p.add_argument("--ig_steps", type=positive_int, help="Integrated Gradients steps")
+    p.add_argument(
+        "--effect_titles", type=positive_int, help="train titles that fit diffmask_effect's head"
+    )
     p.add_argument("--output_dir", help="parent folder of the compare_<timestamp> folder")
     p.add_argument("--seed", type=int, help="seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         from attribution_analysis.app.analysis import train_for_workspace
 
         config = load_config(AttributionConfig, args.config)
-        for key in ("n_samples", "ig_steps", "output_dir", "seed"):
+        for key in ("n_samples", "ig_steps", "effect_titles", "output_dir", "seed"):
             if getattr(args, key) is not None:
                 setattr(config, key, getattr(args, key))
         names = parse_method_list(args.methods, config.diffmask.gates.mask_layer)

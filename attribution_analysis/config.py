@@ -288,7 +288,8 @@ class AttributionConfig:
     missing and ``train_recommender_if_missing`` is true, the recommender described by
     ``model_config`` is trained first and saved there. ``sanity_retrain``: the comparison's
     sanity check also retrains DIFFMASK from scratch on the randomised model (doubles its
-    training cost).
+    training cost). ``effect_titles``: at most this many train-split titles (a seeded sample)
+    fit ``diffmask_effect``'s effect head (one forward pass per title token, once per DIFFMASK).
     """
 
     checkpoint: str = "output/recommender/default/best"
@@ -307,6 +308,7 @@ class AttributionConfig:
         default_factory=lambda: ["diffmask", "diffmask_effect", "diffmask_loo", "ig", "random"]
     )
     ig_steps: int = 50
+    effect_titles: int = 3000
     sanity_retrain: bool = True
 
 
@@ -452,7 +454,8 @@ VALUE_RULES: dict[type, dict[str, str]] = {
                             "diffmask_statistic": "diffmask_statistic",
                             "diffmask_train_data": "train_data", "group_train_share": "fraction"},
     AttributionConfig: {"n_samples": "positive_int", "batch_size": "positive_int",
-                        "top_k": "positive_int", "ig_steps": "positive_int"},
+                        "top_k": "positive_int", "ig_steps": "positive_int",
+                        "effect_titles": "positive_int"},
 }  # fmt: skip
 """Value checks applied when a config is loaded (flags get the same checks on the command
 line): a key's value that breaks its rule is rejected with the key's full name."""

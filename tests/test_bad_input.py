@@ -346,6 +346,7 @@ def test_an_unusable_output_folder_is_one_line(command, kind, rec, corpus, diffm
         ({"n_samples": 0}, "'n_samples'"),
         ({"n_samples": -5}, "'n_samples'"),
         ({"top_k": 0}, "'top_k'"),
+        ({"effect_titles": 0}, "'effect_titles'"),
         ({"diffmask": {"training": {"n_epochs": 0}}}, "'diffmask.training.n_epochs'"),
         ({"diffmask": {"objective": {"constraint_margin": float("nan")}}},
          "'diffmask.objective.constraint_margin'"),
@@ -389,6 +390,7 @@ def test_bad_recommender_values_in_yaml(data, train, key, corpus, tmp_path, caps
     [
         ("compare_methods", ["--n_samples", "-5"], "--n_samples"),
         ("compare_methods", ["--ig_steps", "0"], "--ig_steps"),
+        ("compare_methods", ["--effect_titles", "-3"], "--effect_titles"),
         ("compare_models", ["--n_samples", "0"], "--n_samples"),
         ("train_recommender", ["--epochs", "0"], "--epochs"),
         ("train_recommender", ["--max_steps_per_epoch", "0"], "--max_steps_per_epoch"),

@@ -206,18 +206,23 @@ def test_effect_titles_leave_out_the_excluded_news(ran):
     ws = ran["ws"]
     shown = {n for imp in ws.data.train for n in (*imp.history, *imp.candidates)}
     excluded = {ex.news_id for ex in ran["test"]} & shown
-    assert excluded and len(shown) <= comparison.EFFECT_TITLES
+    limit = ws.config.effect_titles
+    assert excluded and len(shown) <= limit
 
     def rows(batches):
         return sorted(
             tuple(r[m.bool()].tolist()) for ids, mask in batches for r, m in zip(ids, mask)
         )
 
-    everything = rows(comparison.effect_titles(ws))
-    kept = rows(comparison.effect_titles(ws, exclude=excluded))
+    everything = rows(comparison.effect_titles(ws, limit))
+    kept = rows(comparison.effect_titles(ws, limit, exclude=excluded))
     table = ws.data.table
     gone = rows([table.rows(torch.tensor(table.lookup(sorted(excluded))))])
     assert len(everything) == len(shown) and len(kept) == len(shown) - len(excluded)
     assert sorted(kept + gone) == everything
     with pytest.raises(ValueError, match="no train-split title is left"):
-        comparison.effect_titles(ws, exclude=shown)
+        comparison.effect_titles(ws, limit, exclude=shown)
+    # a smaller limit: a seeded sample of exactly that many of them, the same each time
+    few = rows(comparison.effect_titles(ws, 5))
+    assert len(few) == 5 and set(few) <= set(everything)
+    assert few == rows(comparison.effect_titles(ws, 5))

@@ -62,20 +62,17 @@ def build_methods(
     if "diffmask_effect" in names and effect_head is not None:
         options["diffmask_effect"]["effect_head"] = effect_head
     elif "diffmask_effect" in names and diffmask is not None:  # else refused when built
-        options["diffmask_effect"]["titles"] = effect_titles(ws, exclude=effect_exclude)
+        options["diffmask_effect"]["titles"] = effect_titles(
+            ws, ws.config.effect_titles, exclude=effect_exclude
+        )
         options["diffmask_effect"]["users"] = effect_users(ws, model)
         options["diffmask_effect"]["quiet"] = quiet or not ws.is_main
     return {name: build_method(name, model, **common, **options.get(name, {})) for name in names}
 
 
-EFFECT_TITLES = 3000
-"""At most this many titles of the train split (a seeded sample) fit ``diffmask_effect``'s
-effect head (one forward pass per title token, once per DIFFMASK)."""
-
-
 def effect_titles(
     ws: Workspace,
-    limit: int = EFFECT_TITLES,
+    limit: int,
     batch_size: int = 64,
     exclude: Collection[str] = (),
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
