@@ -221,6 +221,35 @@ def test_compare_methods_runs_diffmask_loo_from_a_checkpoint(diffmask_run, rec, 
     assert math.isfinite(rows["diffmask_loo"]["deletion_auc"])
 
 
+def test_compare_methods_flags_reach_the_methods(diffmask_run, rec, tmp_path, monkeypatch):
+    """``--effect_titles`` and ``--ig_steps`` override the config's values: the effect head is
+    fitted on that many titles, IG built with that many steps, and the saved config says so."""
+    from attribution_analysis.app import comparison
+
+    limits, steps = [], []
+    titles, build = comparison.effect_titles, comparison.build_methods
+
+    def recording_titles(ws, limit, *args, **kwargs):
+        limits.append(limit)
+        return titles(ws, limit, *args, **kwargs)
+
+    def recording_build(ws, names, diffmask, ig_steps, *args, **kwargs):
+        steps.append(ig_steps)
+        return build(ws, names, diffmask, ig_steps, *args, **kwargs)
+
+    monkeypatch.setattr(comparison, "effect_titles", recording_titles)
+    monkeypatch.setattr(comparison, "build_methods", recording_build)
+    config = _attr_config(tmp_path / "a.yaml", rec, tmp_path / "out")
+    good = diffmask_run["run"] / "checkpoints/best.pt"
+    args = ["--config", str(config), "--methods", "diffmask_effect,ig", "--checkpoint", str(good),
+            "--effect_titles", "4", "--ig_steps", "3", "--n_samples", "4", "--quiet"]  # fmt: skip
+    assert compare_methods.main(args) == 0
+    assert limits and set(limits) == {4} and steps and set(steps) == {3}
+    (folder,) = (tmp_path / "out").glob("compare_*")
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["effect_titles"] == 4 and saved["ig_steps"] == 3
+
+
 def test_truncated_latest_diffmask_epoch_falls_back_to_the_previous(diffmask_run, tmp_path,
                                                                      capsys):  # fmt: skip
     run = _copy(diffmask_run["run"], tmp_path / "run")
