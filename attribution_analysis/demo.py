@@ -60,9 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                 "machine; diffmask_effect estimates the same order in one pass. "
                 "analyze_diffmask and compare_methods run it"
             )
-        if "diffmask_effect" in config.compare_methods and config.effect_titles > (
-            DEMO_EFFECT_TITLES
-        ):
+        fewer_titles = DEMO_EFFECT_TITLES < config.effect_titles
+        if "diffmask_effect" in config.compare_methods and fewer_titles:
             print(
                 f"[demo] diffmask_effect's effect head is fitted on {DEMO_EFFECT_TITLES} train "
                 f"titles instead of the config's {config.effect_titles} (the default corpus "

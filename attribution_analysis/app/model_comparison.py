@@ -266,7 +266,7 @@ def run_model_comparison(
     examples = _candidates(config, data_ws)
     if saved is not None:
         _check_same_candidates(examples, saved, run_dir)
-    if saved is None:  # both run folders checked before anything is written
+    else:  # both run folders checked before anything is written
         views = {k: _view(spaces[k], data_ws) for k in MODELS}
         prepared = {k: _prepare(spaces[k], views[k], config, run_dir / f"model_{k}")
                     for k in MODELS}  # fmt: skip
